@@ -1,0 +1,1 @@
+complete --command dlcr --no-files --arguments "(env _DLCR_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) dlcr)" --condition "env _DLCR_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) dlcr"

@@ -1,0 +1,106 @@
+"""The composition root: the typer app, global options, commands, errors -> exit codes.
+
+Importing this module (what `dlcr --help` and every TAB press do) must stay light: no
+torch, transformers, diffusers or accelerate. Commands import heavy modules in their bodies.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from dlcr_cli import __version__
+from dlcr_cli.commands import completion as completion_cmd
+from dlcr_cli.commands import config as config_cmd
+from dlcr_cli.commands import mask as mask_cmd
+from dlcr_cli.commands import synth as synth_cmd
+from dlcr_cli.commands.common import AppState
+from dlcr_cli.console import error_line, setup_logging
+from dlcr_cli.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, DlcrError
+
+
+class DlcrGroup(TyperGroup):
+    """Turns our errors into one stderr line and an exit code, in every way of invoking."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DlcrError as err:
+            _traceback_if_debug()
+            error_line(str(err))
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            _traceback_if_debug()
+            error_line("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader of our stdout went away (`dlcr mask ... | head`): stop quietly.
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
+
+
+def _traceback_if_debug() -> None:
+    if os.environ.get("DLCR_DEBUG") not in (None, "", "0"):
+        import traceback
+
+        traceback.print_exc()
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (tests)
+        pass
+
+
+app = typer.Typer(
+    name="dlcr",
+    cls=DlcrGroup,
+    help=(
+        "DLCR for clothes-changing person re-identification: clothing masks, descriptions, "
+        "prompts and diffusion inpainting that expand a training set, then training, "
+        "evaluation and refinement of a CC-ReID model.\n\n"
+        "Commands read records (JSON lines) or a dataset and write records to stdout, so they "
+        "compose in pipes: `dlcr mask DATA --out work | dlcr describe - | ...`. Logs and "
+        "progress go to stderr. Set DLCR_DEBUG=1 for tracebacks."
+    ),
+    rich_markup_mode="markdown",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"dlcr {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (debug).")] = 0,
+    quiet: Annotated[int, typer.Option("--quiet", "-q", count=True, help="Less output: -q warnings and errors, no progress bars; -qq errors only.")] = 0,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Config file (TOML) instead of $DLCR_CONFIG or the user config dir's config.toml.", dir_okay=False, show_default=False)] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (setting: device).", show_default=False)] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    ctx.obj = AppState(config=config, device=device, verbosity=verbose - quiet)
+    setup_logging(verbose - quiet)
+
+
+app.command("synth", no_args_is_help=True)(synth_cmd.synth)
+app.command("mask", no_args_is_help=True)(mask_cmd.mask)
+app.command("config")(config_cmd.config)
+app.command("completion", no_args_is_help=True)(completion_cmd.completion)
+
+
+def main() -> None:
+    app(prog_name="dlcr")

@@ -1,0 +1,98 @@
+"""What every command shares: the app state, option types, settings, and record emission."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import typer
+
+from dlcr_cli.console import log, progress
+from dlcr_cli.errors import ItemsFailed
+from dlcr_cli.records import Record, write_record
+
+INPUT_HELP = (
+    "A dataset root (PRCC, LTCC, VC-Clothes, LaST, DeepChange: layout detected), a folder of "
+    "images, a JSONL file of records, or - for records on stdin."
+)
+
+InputArg = Annotated[str, typer.Argument(help=INPUT_HELP, metavar="INPUT", show_default=False)]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Redo outputs that already exist (default: skip them).")]
+FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first item that fails (default: log it, go on, exit 1 at the end).")]
+
+
+@dataclass
+class AppState:
+    """The global options, as the root callback saw them."""
+
+    config: Path | None = None
+    device: str | None = None
+    verbosity: int = 0
+
+    def resolve(self, **sections: dict[str, Any]):
+        """Settings with the options the user set (not None) over env, file and defaults."""
+        from dlcr_cli.settings import resolve
+
+        cli: dict[str, Any] = {name: _set_only(values) for name, values in sections.items()}
+        if self.device is not None:
+            cli["device"] = self.device
+        return resolve(cli, self.config)
+
+
+def _set_only(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.value if hasattr(v, "value") else v for k, v in values.items() if v is not None}
+
+
+def state(ctx: typer.Context) -> AppState:
+    return ctx.obj if isinstance(ctx.obj, AppState) else AppState()
+
+
+class Outcome(Protocol):
+    record: Record
+    error: str | None
+    skipped: bool
+
+
+def emit(outcomes: Iterable[Outcome], verb: str, fail_fast: bool) -> None:
+    """Write each done record to stdout, log each failure with its path, and end with exit 1
+    if any failed (at once with `fail_fast`)."""
+    done = skipped = failed = 0
+    with progress(verb) as bar:
+        for outcome in outcomes:
+            bar.advance()
+            if outcome.error is not None:
+                failed += 1
+                log.error("%s: %s", outcome.record.image, outcome.error)
+                if fail_fast:
+                    raise ItemsFailed(f"stopped at the first failure (--fail-fast): {outcome.record.image}")
+                continue
+            skipped += outcome.skipped
+            done += not outcome.skipped
+            write_record(outcome.record)
+    log.info("%s: %d done, %d skipped (outputs exist), %d failed", verb, done, skipped, failed)
+    if failed:
+        raise ItemsFailed(f"{failed} of {done + skipped + failed} items failed (see the messages above)")
+
+
+def parse_size(text: str, option: str) -> tuple[int, int]:
+    """`HxW` (e.g. 128x64) -> (height, width)."""
+    from dlcr_cli.errors import UsageError
+
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"{option} takes HEIGHTxWIDTH, e.g. 128x64; got {text!r}") from None
+    return height, width
+
+
+def parse_range(text: str, option: str) -> tuple[int, int]:
+    """`A-B` or `N` -> (A, B) or (N, N)."""
+    from dlcr_cli.errors import UsageError
+
+    try:
+        low, _, high = text.partition("-")
+        return int(low), int(high or low)
+    except ValueError:
+        raise UsageError(f"{option} takes N or MIN-MAX, e.g. 2-4; got {text!r}") from None

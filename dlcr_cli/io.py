@@ -1,0 +1,121 @@
+"""Image files: reading with per-item errors, atomic writes, mirrored output paths, prefetch."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
+
+from PIL import Image, UnidentifiedImageError
+
+from dlcr_cli.errors import ItemError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """The decoded RGB image, or ItemError naming what is wrong with the file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise ItemError("file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ItemError(f"cannot read image ({err})") from None
+
+
+def load_label_map(path: str | Path) -> "np.ndarray":
+    """A single-channel label map as uint8 ids (palette or grey PNG, as SCHP writes them)."""
+    import numpy as np
+
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise ItemError(f"label map {path} has mode {img.mode}; expected one channel of label ids")
+            return np.asarray(img, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise ItemError(f"label map not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ItemError(f"cannot read label map {path} ({err})") from None
+
+
+LABELS_KEY = "dlcr:labels"
+"""PNG text chunk naming the label set ("lip"/"atr") of a label map dlcr wrote."""
+
+
+def save_label_map(label_map: "np.ndarray", path: Path, labels: str) -> None:
+    """A palette PNG of label ids (viewable, and read back as ids), its label set noted."""
+    import numpy as np
+    from PIL import PngImagePlugin
+
+    from dlcr_cli.labels import voc_palette
+
+    height, width = label_map.shape
+    img = Image.frombytes("P", (width, height), np.ascontiguousarray(label_map, dtype=np.uint8).tobytes())
+    img.putpalette(voc_palette())
+    info = PngImagePlugin.PngInfo()
+    info.add_text(LABELS_KEY, labels)
+    save_atomic(img, path, pnginfo=info)
+
+
+def label_set_of(path: Path) -> str | None:
+    """The label set a label map dlcr wrote notes (None for others' maps)."""
+    with Image.open(path) as img:
+        return getattr(img, "text", {}).get(LABELS_KEY)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header only."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except FileNotFoundError:
+        raise ItemError("file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ItemError(f"cannot read image ({err})") from None
+
+
+def save_atomic(img: Image.Image, path: Path, **params) -> None:
+    """Write next to the target, then rename: a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        img.save(tmp, format=_format_of(path), **params)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _format_of(path: Path) -> str:
+    return {".jpg": "JPEG", ".jpeg": "JPEG"}.get(path.suffix.lower(), path.suffix[1:].upper())
+
+
+def mirrored(out_dir: Path, rel: str, suffix: str = ".png") -> Path:
+    """out_dir/rel with the suffix replaced; `..` and anchors cannot escape out_dir."""
+    parts = [p for p in PurePosixPath(rel.replace("\\", "/")).parts if p not in ("/", "..", ".")]
+    return out_dir.joinpath(*parts).with_suffix(suffix)
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int) -> Iterator[Future]:
+    """fn over items in threads, at most `depth` ahead, futures yielded in input order.
+
+    Unlike Executor.map this does not drain `items` first, so a stream (stdin) flows.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dlcr-io") as pool:
+        pending: deque[Future] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= depth:
+                yield pending.popleft()
+        while pending:
+            yield pending.popleft()

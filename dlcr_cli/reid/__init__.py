@@ -1,0 +1,1 @@
+"""Person re-identification: dataset layouts and what works on them."""

@@ -1,0 +1,200 @@
+"""Settings: one model with a section per stage, resolved from four layers.
+
+Precedence, highest first: command-line option > environment (`DLCR_`, nested with `__`,
+e.g. `DLCR_MASK__BATCH_SIZE=4`) > config file (`--config`, else `$DLCR_CONFIG`, else
+`config.toml` in the user config dir) > defaults. Each layer is read on its own with
+pydantic-settings' sources so that `dlcr config` can say where every value came from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from dlcr_cli import labels
+from dlcr_cli.errors import ConfigError, UsageError
+
+ENV_PREFIX = "DLCR_"
+CONFIG_ENV = "DLCR_CONFIG"
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelsSettings(Section):
+    """How models are loaded, for every stage."""
+
+    trust_remote_code: bool = False
+    """Run code shipped with a model repository. Off: only transformers/diffusers classes."""
+    offload_idle: bool = True
+    """Under GPU memory pressure, move models not in use to the CPU before loading another."""
+
+
+class MaskSettings(Section):
+    """`dlcr mask`: human parsing and the ID-preserving clothing mask."""
+
+    backend: Literal["segformer", "parsing"] = "segformer"
+    model: str = "mattmdjaga/segformer_b2_clothes"
+    """Semantic-segmentation model (hub id or directory) predicting LIP or ATR labels."""
+    batch_size: int = Field(8, gt=0)
+    input_size: tuple[int, int] = (512, 512)
+    """Height and width the images are resized to for the segmentation model."""
+    dtype: DType = "auto"
+    """auto: float16 on CUDA, float32 elsewhere."""
+    parsing_dir: Path | None = None
+    """parsing backend: the folder of existing label maps, mirroring the dataset tree."""
+    labels: Literal["auto", "lip", "atr"] = "auto"
+    """parsing backend: the label set of the maps (auto: guessed from the first maps)."""
+    keep: list[str] = Field(default_factory=lambda: list(labels.DEFAULT_KEEP))
+    """Labels (or groups: arms, legs, shoes, gloves) never repainted; the rest is clothing."""
+    dilation: int = Field(0, ge=0)
+    """Grow the mask by this many pixels (the reference uses none)."""
+    workers: int = Field(4, gt=0)
+    """Threads that read and write images while the model runs."""
+
+    @field_validator("keep")
+    @classmethod
+    def _known_labels(cls, value: list[str]) -> list[str]:
+        unknown = labels.unknown_names(value)
+        if unknown:
+            raise ValueError(f"unknown label {unknown[0]!r}; known: {', '.join(labels.vocabulary())}")
+        return value
+
+    @field_validator("parsing_dir")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+
+class Settings(BaseSettings):
+    """Everything dlcr can be told, by option, environment or config file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    device: str = "auto"
+    """auto (CUDA if present, else MPS, else CPU), cpu, cuda, cuda:N, mps."""
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    mask: MaskSettings = Field(default_factory=MaskSettings)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, **_other):
+        # Layers are merged by `resolve` so that each value's source is known; the class
+        # itself only validates what it is given.
+        return (init_settings,)
+
+
+DEFAULTS = Settings()
+
+
+@dataclass
+class Resolved:
+    settings: Settings
+    sources: dict[str, str]
+    """Dotted key -> where its value came from ("default", "env DLCR_X", "file P", "option")."""
+    config_file: Path | None
+
+
+def default_config_file() -> Path:
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("dlcr")) / "config.toml"
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper().replace(".", "__")
+
+
+def resolve(cli: dict[str, Any] | None = None, config_file: Path | None = None) -> Resolved:
+    """Merge defaults < file < environment < options, validate, and keep each value's source."""
+    path, explicit = config_path(config_file)
+    layers: list[tuple[str, dict[str, Any]]] = [
+        (f"file {path}", _read_toml(path, explicit)),
+        ("env", _read_env()),
+        ("option", cli or {}),
+    ]
+    merged: dict[str, Any] = {}
+    sources = {key: "default" for key in _flatten(DEFAULTS.model_dump())}
+    for name, layer in layers:
+        _deep_merge(merged, layer)
+        for key in _flatten(layer):
+            sources[key] = f"env {env_name(key)}" if name == "env" else name
+    try:
+        settings = Settings(**merged)
+    except ValidationError as err:
+        raise _explain(err, sources) from None
+    return Resolved(settings, sources, path if path.is_file() else None)
+
+
+def config_path(explicit: Path | None) -> tuple[Path, bool]:
+    if explicit is not None:
+        return explicit.expanduser(), True
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]).expanduser(), True
+    return default_config_file(), False
+
+
+def _read_toml(path: Path, explicit: bool) -> dict[str, Any]:
+    import tomllib
+
+    if not path.is_file():
+        if explicit:
+            raise ConfigError(f"config file not found: {path}")
+        return {}
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+
+
+def _read_env() -> dict[str, Any]:
+    from pydantic_settings import SettingsError
+
+    try:
+        return EnvSettingsSource(Settings)()
+    except SettingsError as err:  # e.g. a list that is not JSON
+        raise ConfigError(f"environment: {err} (lists are JSON, e.g. '[\"hat\", \"hair\"]')") from None
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of the leaves; a section is a dict whose key is a settings section."""
+    keys = []
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and not prefix and key in Settings.model_fields:
+            keys.extend(_flatten(value, dotted + "."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def _deep_merge(into: dict[str, Any], layer: dict[str, Any]) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _explain(err: ValidationError, sources: dict[str, str]) -> Exception:
+    """One line for the first problem: the key, the offending layer, pydantic's reason."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    key = ".".join(loc[:2]) if loc and loc[0] in Settings.model_fields and len(loc) > 1 else ".".join(loc)
+    source = sources.get(key, "input")
+    reason = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        reason = "no such setting"
+    if source == "option":
+        return UsageError(f"invalid value for {key}: {reason}")
+    return ConfigError(f"invalid setting {key} (from {source}): {reason}")

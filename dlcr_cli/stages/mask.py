@@ -1,0 +1,267 @@
+"""mask: human parsing -> the ID-preserving clothing mask (SPEC.md, stage 1).
+
+A parser gives each image a label map (LIP or ATR ids); the policy keeps identity and
+background (hat, hair, face, arms, legs) and marks every other label for repainting (255).
+Both the mask and the label map are written, mirroring the input's relative paths:
+`OUT/masks/<rel>.png` and `OUT/parsing/<rel>.png` (the latter is what the weight-free
+backends of later stages read, and can itself be fed back with `--backend parsing`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from dlcr_cli import labels as label_sets
+from dlcr_cli.errors import ConfigError, ItemError, UsageError
+from dlcr_cli.io import label_set_of, load_label_map, load_rgb, mirrored, prefetch, save_atomic, save_label_map
+from dlcr_cli.records import Record, rel_path
+
+@dataclass
+class MaskJob:
+    out: Path
+    keep: list[str]
+    dilation: int = 0
+    overwrite: bool = False
+    workers: int = 4
+
+
+@dataclass
+class Item:
+    record: Record
+    mask_path: Path
+    parsing_path: Path
+    size: tuple[int, int] = (0, 0)
+    """(width, height) of the image."""
+    payload: Any = None
+    """What the parser read in a worker thread (resized pixels, or an existing label map)."""
+    error: str | None = None
+    skipped: bool = False
+
+
+@dataclass
+class Outcome:
+    record: Record
+    error: str | None = None
+    skipped: bool = False
+
+
+class Parser(Protocol):
+    labels: str | None
+    """"lip" or "atr" (None until a parser that guesses has seen its first maps)."""
+    batch_size: int
+
+    def read(self, item: Item) -> None:
+        """Read what `parse` needs into item.payload and item.size (worker thread)."""
+
+    def parse(self, items: list[Item]) -> list[np.ndarray]:
+        """One uint8 label map per item, at the item's image size."""
+
+
+def run_mask(records: Iterable[Record], parser: Parser, job: MaskJob) -> Iterator[Outcome]:
+    """Mask every record, in input order; failures are outcomes, not exceptions."""
+    items = prefetch(partial(_prepare, parser=parser, job=job), records, job.workers,
+                     depth=2 * parser.batch_size + job.workers)
+    pending: list[Item] = []
+    with ThreadPoolExecutor(job.workers, thread_name_prefix="dlcr-write") as writers:
+        for future in items:
+            pending.append(future.result())
+            todo = sum(1 for it in pending if _needs_parsing(it))
+            if todo >= parser.batch_size or len(pending) >= 8 * parser.batch_size:
+                yield from _finish_batch(pending, parser, job, writers)
+                pending = []
+        yield from _finish_batch(pending, parser, job, writers)
+
+
+def _prepare(record: Record, parser: Parser, job: MaskJob) -> Item:
+    rel = rel_path(record)
+    item = Item(record, mirrored(job.out / "masks", rel), mirrored(job.out / "parsing", rel))
+    if not job.overwrite and item.mask_path.is_file() and item.parsing_path.is_file():
+        item.skipped = True
+        return item
+    try:
+        parser.read(item)
+    except ItemError as err:
+        item.error = str(err)
+    return item
+
+
+def _needs_parsing(item: Item) -> bool:
+    return not item.skipped and item.error is None
+
+
+def _finish_batch(batch: list[Item], parser: Parser, job: MaskJob, writers: ThreadPoolExecutor) -> Iterator[Outcome]:
+    todo = [it for it in batch if _needs_parsing(it)]
+    maps = parser.parse(todo) if todo else []
+    written = {id(it): writers.submit(_write, it, m, parser.labels, job) for it, m in zip(todo, maps)}
+    for item in batch:
+        if id(item) in written:
+            try:
+                written[id(item)].result()
+            except ItemError as err:
+                item.error = str(err)
+        if item.error is None:
+            _annotate(item, parser.labels)
+        yield Outcome(item.record, item.error, item.skipped)
+
+
+def _write(item: Item, label_map: np.ndarray, labels: str, job: MaskJob) -> None:
+    height, width = label_map.shape
+    if (width, height) != item.size:
+        raise ItemError(f"label map is {width}x{height} but the image is {item.size[0]}x{item.size[1]}")
+    top = int(label_map.max())
+    if top >= len(label_sets.LABEL_SETS[labels]):
+        raise ItemError(f"label map has label {top}, outside {labels.upper()} (0-{len(label_sets.LABEL_SETS[labels]) - 1})")
+    save_atomic(Image.fromarray(clothing_mask(label_map, labels, job.keep, job.dilation)), item.mask_path)
+    save_label_map(label_map, item.parsing_path, labels)
+
+
+def clothing_mask(label_map: np.ndarray, labels: str, keep: list[str], dilation: int = 0) -> np.ndarray:
+    """255 where the label is repainted (clothing), 0 where it is kept; optionally dilated."""
+    mask = np.where(np.isin(label_map, label_sets.label_ids(labels, keep)), 0, 255).astype(np.uint8)
+    if dilation > 0:
+        mask = np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(2 * dilation + 1)))
+    return mask
+
+
+def _annotate(item: Item, labels: str | None) -> None:
+    item.record.mask = str(item.mask_path.resolve())
+    item.record.parsing = str(item.parsing_path.resolve())
+    item.record.parsing_labels = _written_labels(item.parsing_path) if item.skipped else labels
+
+
+def _written_labels(path: Path) -> str | None:
+    value = label_set_of(path)
+    return value if value in label_sets.LABEL_SETS else None
+
+
+# --- parsers --------------------------------------------------------------------------------
+
+
+@dataclass
+class ParsingDirParser:
+    """Existing label maps (e.g. SCHP's): the map of ROOT/a/b/name.jpg is DIR/a/b/name.png."""
+
+    directory: Path
+    labels: str | None = None
+    batch_size: int = 32
+    _seen: list[set[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.directory.is_dir():
+            raise UsageError(f"parsing directory not found: {self.directory} (--parsing-dir)")
+
+    def read(self, item: Item) -> None:
+        item.size = load_rgb(item.record.image).size
+        item.payload = load_label_map(mirrored(self.directory, rel_path(item.record)))
+
+    def parse(self, items: list[Item]) -> list[np.ndarray]:
+        maps = [it.payload for it in items]
+        if self.labels is None:
+            self._guess([set(np.unique(m).tolist()) for m in maps])
+        return maps
+
+    def _guess(self, present: list[set[int]]) -> None:
+        self._seen.extend(present)
+        self.labels = label_sets.guess_label_set(self._seen)
+        if self.labels is None:
+            raise UsageError(
+                f"cannot tell whether the label maps in {self.directory} use LIP or ATR labels; pass --labels lip or --labels atr"
+            )
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SegformerParser:
+    """A transformers semantic-segmentation model (SegFormer "clothes" fine-tunes: ATR).
+
+    Our own pre-processing (resize to `input_size`, ImageNet normalisation) and
+    post-processing (logits upsampled to each image's size, argmax): no torchvision.
+    """
+
+    def __init__(self, model_id: str, *, device: Any, dtype: Any, batch_size: int,
+                 input_size: tuple[int, int], trust_remote_code: bool = False, offload_idle: bool = True) -> None:
+        from dlcr_cli.cache import CACHE
+
+        self.device, self.dtype = device, dtype
+        self.batch_size = batch_size
+        self.input_size = input_size
+        self.model = CACHE.get(
+            "semantic-segmentation", model_id, dtype=dtype, device=device, setting="mask.model",
+            offload_idle=offload_idle,
+            load=partial(_load_segmentation_model, model_id, device, dtype, trust_remote_code),
+        )
+        self.labels = label_sets.identify_label_set(self.model.config.id2label)
+        if self.labels is None:
+            names = ", ".join(str(v) for v in list(self.model.config.id2label.values())[:6])
+            raise ConfigError(f"model {model_id!r} predicts labels ({names}, ...) that are neither LIP nor ATR; set mask.model")
+
+    def read(self, item: Item) -> None:
+        img = load_rgb(item.record.image)
+        item.size = img.size
+        height, width = self.input_size
+        item.payload = np.asarray(img.resize((width, height), Image.BILINEAR))
+
+    def parse(self, items: list[Item]) -> list[np.ndarray]:
+        from dlcr_cli.runtime import is_out_of_memory
+
+        try:
+            return self._parse(items)
+        except Exception as err:  # CUDA out of memory: halve the batch and retry
+            if not is_out_of_memory(err) or len(items) == 1:
+                raise
+            half = len(items) // 2
+            return self.parse(items[:half]) + self.parse(items[half:])
+
+    def _parse(self, items: list[Item]) -> list[np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        pixels = torch.from_numpy(np.stack([it.payload for it in items])).to(self.device)
+        x = pixels.permute(0, 3, 1, 2).float().div_(255)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        x = ((x - mean) / std).to(self.dtype)
+        with torch.inference_mode():
+            logits = self.model(pixel_values=x).logits
+            maps = []
+            for item, lg in zip(items, logits):
+                width, height = item.size
+                up = F.interpolate(lg[None].float(), size=(height, width), mode="bilinear", align_corners=False)
+                maps.append(up.argmax(1)[0].to(torch.uint8).cpu().numpy())
+        return maps
+
+
+def _load_segmentation_model(model_id: str, device: Any, dtype: Any, trust_remote_code: bool) -> Any:
+    from transformers import AutoModelForSemanticSegmentation
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(
+        model_id, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
+    return model.eval().to(device)
+
+
+def make_parser(settings: Any) -> Parser:
+    """The parser the settings ask for (`settings`: dlcr_cli.settings.Settings)."""
+    m = settings.mask
+    if m.backend == "parsing":
+        if m.parsing_dir is None:
+            raise UsageError("--backend parsing needs --parsing-dir DIR (or the mask.parsing_dir setting)")
+        return ParsingDirParser(m.parsing_dir, None if m.labels == "auto" else m.labels, batch_size=m.batch_size)
+    from dlcr_cli.runtime import resolve_device, resolve_dtype
+
+    device = resolve_device(settings.device)
+    return SegformerParser(
+        m.model, device=device, dtype=resolve_dtype(m.dtype, device), batch_size=m.batch_size,
+        input_size=m.input_size, trust_remote_code=settings.models.trust_remote_code,
+        offload_idle=settings.models.offload_idle,
+    )

@@ -1,0 +1,97 @@
+"""The CLI root: fast start, global options, exit codes, tracebacks on demand."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+HEAVY = ("torch", "transformers", "diffusers", "accelerate")
+
+PROBE = """
+import os, sys, time
+t = time.perf_counter()
+sys.argv = {argv!r}
+from dlcr_cli.cli import main
+try:
+    main()
+except SystemExit:
+    pass
+sys.stderr.write("\\nHEAVY=" + ",".join(m for m in {heavy!r} if m in sys.modules) + "\\n")
+sys.stderr.write("SECONDS=%f\\n" % (time.perf_counter() - t))
+"""
+
+
+def probe(argv: list[str], env: dict | None = None) -> tuple[str, str, float]:
+    """Run dlcr in a fresh interpreter; return stdout, heavy modules imported, seconds."""
+    result = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv, heavy=HEAVY)],
+                            capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=60)
+    tail = dict(line.split("=", 1) for line in result.stderr.splitlines() if line.startswith(("HEAVY=", "SECONDS=")))
+    return result.stdout, tail["HEAVY"], float(tail["SECONDS"])
+
+
+def test_help_imports_nothing_heavy_and_is_fast():
+    for argv in (["dlcr", "--help"], ["dlcr", "mask", "--help"], ["dlcr", "config", "--help"]):
+        out, heavy, seconds = probe(argv)
+        assert "Usage" in out
+        assert heavy == "", f"{argv} imported {heavy}"
+        assert seconds < 0.8, f"{argv} took {seconds:.2f}s"
+
+
+def test_tab_completion_imports_nothing_heavy():
+    env = {"_DLCR_COMPLETE": "complete_bash", "COMP_WORDS": "dlcr mask --back", "COMP_CWORD": "2"}
+    out, heavy, seconds = probe(["dlcr"], env)
+    assert out.split() == ["--backend"]
+    assert heavy == "" and seconds < 0.8
+
+
+def test_console_script_and_module_entry_points():
+    for cmd in (["dlcr", "--version"], [sys.executable, "-m", "dlcr_cli", "--version"]):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and result.stdout.startswith("dlcr ")
+
+
+def test_whole_help_command_is_fast_in_a_real_process():
+    start = time.perf_counter()
+    result = subprocess.run(["dlcr", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert time.perf_counter() - start < 1.5  # interpreter start-up included
+
+
+def test_usage_errors_exit_2(dlcr):
+    assert dlcr("no-such-verb").code == 2
+    assert dlcr("mask").code == 2  # no arguments: help, as a usage error
+    run = dlcr("mask", "x", "--out", "o", "--batch-size", "0")
+    assert run.code == 2 and "mask.batch_size" in run.stderr
+
+
+def test_missing_input_exit_66_one_line(dlcr, tmp_path):
+    run = dlcr("mask", tmp_path / "nothing", "--out", tmp_path / "o")
+    assert run.code == 66
+    assert run.stderr.strip() == f"dlcr: error: input not found: {tmp_path / 'nothing'}"
+
+
+def test_debug_shows_the_traceback(dlcr, tmp_path):
+    run = dlcr("mask", tmp_path / "nothing", "--out", tmp_path / "o", env={"DLCR_DEBUG": "1"})
+    assert run.code == 66 and "Traceback" in run.stderr
+
+
+def test_unavailable_device_exit_69(dlcr, tmp_path):
+    from conftest import save_rgb
+
+    save_rgb(tmp_path / "imgs" / "a.png")
+    run = dlcr("--device", "cuda:3", "mask", tmp_path / "imgs", "--out", tmp_path / "o")
+    assert run.code == 69 and "cuda:3" in run.stderr
+
+
+def test_quiet_silences_info(dlcr, tmp_path):
+    from conftest import save_labels, save_rgb
+    import numpy as np
+
+    save_rgb(tmp_path / "imgs" / "a.png")
+    save_labels(tmp_path / "maps" / "a.png", np.full((40, 20), 18, np.uint8))
+    args = ["mask", tmp_path / "imgs", "--backend", "parsing", "--parsing-dir", tmp_path / "maps", "--out", tmp_path / "o"]
+    assert "done" in dlcr(*args).stderr
+    quiet = dlcr("-q", *args, "--overwrite")
+    assert quiet.code == 0 and quiet.stderr == "" and len(quiet.records) == 1
