@@ -20,7 +20,8 @@ R = TypeVar("R")
 
 
 def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+    """An image file name (by extension); hidden files (`.DS_Store`, `._x.jpg`) are not."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def load_rgb(path: str | Path) -> Image.Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -45,18 +46,38 @@ PATH_FIELDS = ("image", "mask", "parsing")
 """Fields holding file paths: relative ones in a JSONL file are resolved against its folder."""
 
 
-def read_records(source: str) -> Iterator[Record]:
+class RecordStream:
+    """The records of an INPUT, and how many there are when that is known up front
+    (a dataset or a folder; not a JSONL stream), for progress bars with an ETA."""
+
+    def __init__(self, records: Iterator[Record], total: int | None) -> None:
+        self._records = records
+        self.total = total
+
+    def __iter__(self) -> Iterator[Record]:
+        return self._records
+
+
+def read_records(source: str) -> RecordStream:
     """Records from an INPUT argument: `-` (stdin JSONL), a JSONL file, a dataset root
-    (layout detected), a folder of images, or one image. Empty input is an error."""
-    records = _records_from(source)
-    first = next(records, None)
+    (layout detected), a folder of images, or one image.
+
+    Errors in the input's form come at once; empty input is an error (exit 66), so a
+    pipeline whose first command produced nothing does not end in silent success.
+    """
+    empty = InputMissing(f"no records in {'<stdin>' if source == '-' else source}")
+    found = _records_from(source)
+    if isinstance(found, list):
+        if not found:
+            raise empty
+        return RecordStream(iter(found), len(found))
+    first = next(found, None)
     if first is None:
-        raise InputMissing(f"no records in {'<stdin>' if source == '-' else source}")
-    yield first
-    yield from records
+        raise empty
+    return RecordStream(itertools.chain([first], found), None)
 
 
-def _records_from(source: str) -> Iterator[Record]:
+def _records_from(source: str) -> list[Record] | Iterator[Record]:
     from dlcr_cli.io import is_image
 
     if source == "-":
@@ -67,7 +88,7 @@ def _records_from(source: str) -> Iterator[Record]:
     if path.is_dir():
         return _records_from_folder(path)
     if is_image(path):
-        return iter([Record(image=str(path.resolve()), rel=path.name)])
+        return [Record(image=str(path.resolve()), rel=path.name)]
     return _records_from_jsonl_file(path)
 
 
@@ -115,14 +136,14 @@ def _absolute_paths(record: Record, base: Path) -> Record:
     return record
 
 
-def _records_from_folder(root: Path) -> Iterator[Record]:
+def _records_from_folder(root: Path) -> list[Record]:
     from dlcr_cli.io import is_image
     from dlcr_cli.reid import datasets
 
     found = datasets.detect_layout(root)
     if found is not None:
         layout, base = found
-        return layout.scan(base)
+        return list(layout.scan(base))
     if datasets.looks_like_dataset(root):
         raise MalformedInput(
             f"{root}: looks like a dataset but matches no known layout; known layouts:\n"
@@ -131,7 +152,7 @@ def _records_from_folder(root: Path) -> Iterator[Record]:
     images = sorted(p for p in root.rglob("*") if p.is_file() and is_image(p) and not _hidden(p, root))
     if not images:
         raise InputMissing(f"no images and no known dataset layout in {root}")
-    return (Record(image=str(p.resolve()), rel=p.relative_to(root).as_posix()) for p in images)
+    return [Record(image=str(p.resolve()), rel=p.relative_to(root).as_posix()) for p in images]
 
 
 def _hidden(path: Path, root: Path) -> bool:

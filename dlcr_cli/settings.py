@@ -46,7 +46,10 @@ class MaskSettings(Section):
     """Semantic-segmentation model (hub id or directory) predicting LIP or ATR labels."""
     batch_size: int = Field(8, gt=0)
     input_size: tuple[int, int] = (512, 512)
-    """Height and width the images are resized to for the segmentation model."""
+    """Height and width of the segmentation model's input."""
+    resize: Literal["letterbox", "stretch"] = "letterbox"
+    """letterbox: keep the aspect ratio and pad (as SCHP does for tall ReID crops);
+    stretch: resize to input_size regardless."""
     dtype: DType = "auto"
     """auto: float16 on CUDA, float32 elsewhere."""
     parsing_dir: Path | None = None

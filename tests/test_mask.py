@@ -224,3 +224,35 @@ def test_unavailable_model_is_one_line_exit_69(dlcr, tree, tmp_path):
         assert run.code == 69
         assert model in run.stderr and "mask.model" in run.stderr
         assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_letterbox_keeps_proportions_and_maps_back_exactly():
+    """A fake model that labels every non-padding pixel 1: the map must be 1 everywhere, so
+    the crop of the letterboxed logits lines up with the image."""
+    import torch
+    import torch.nn.functional as F
+
+    from dlcr_cli.records import Record
+    from dlcr_cli.stages.mask import Item, SegformerParser, fit
+
+    img = Image.new("RGB", (40, 100), (250, 250, 250))
+    pixels, box = fit(img, (64, 64), letterbox=True)
+    assert box == (0, 19, 64, 26) and pixels.shape == (64, 64, 3)
+    assert tuple(pixels[0, 0]) == (124, 116, 104) and tuple(pixels[32, 32]) == (250, 250, 250)
+
+    class Fake(torch.nn.Module):
+        def forward(self, pixel_values):
+            content = (pixel_values.abs().sum(1, keepdim=True) > 1e-3).float()
+            small = F.avg_pool2d(content, 4)
+            return type("Out", (), {"logits": torch.cat([1 - small, small], 1) * 10})()
+
+    parser = SegformerParser.__new__(SegformerParser)
+    parser.device, parser.dtype, parser.input_size, parser.letterbox = "cpu", torch.float32, (64, 64), True
+    parser.model, parser.batch_size = Fake(), 2
+    items = []
+    for size in ((40, 100), (30, 31)):
+        item = Item(Record(image="x"), Path("m"), Path("p"), size=size)
+        item.payload = fit(Image.new("RGB", size, (250, 250, 250)), (64, 64), True)
+        items.append(item)
+    for item, label_map in zip(items, parser.parse(items)):
+        assert label_map.shape == item.size[::-1] and (label_map == 1).all()

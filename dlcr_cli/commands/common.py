@@ -55,11 +55,11 @@ class Outcome(Protocol):
     skipped: bool
 
 
-def emit(outcomes: Iterable[Outcome], verb: str, fail_fast: bool) -> None:
+def emit(outcomes: Iterable[Outcome], verb: str, fail_fast: bool, total: int | None = None) -> None:
     """Write each done record to stdout, log each failure with its path, and end with exit 1
     if any failed (at once with `fail_fast`)."""
     done = skipped = failed = 0
-    with progress(verb) as bar:
+    with progress(verb, total) as bar:
         for outcome in outcomes:
             bar.advance()
             if outcome.error is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from enum import Enum
-from itertools import chain
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -63,8 +62,7 @@ def mask(
         backend=backend, model=model, batch_size=batch_size, parsing_dir=parsing_dir,
         labels=labels, keep=keep_list, dilation=dilation, workers=workers,
     )).settings
-    records = read_records(input)
-    first = next(records)  # input errors come before any model is loaded
+    records = read_records(input)  # input errors come before any model is loaded
     parser = make_parser(settings)
     job = MaskJob(out, settings.mask.keep, settings.mask.dilation, overwrite, settings.mask.workers)
-    emit(run_mask(chain([first], records), parser, job), "mask", fail_fast)
+    emit(run_mask(records, parser, job), "mask", fail_fast, total=records.total)

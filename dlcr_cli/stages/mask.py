@@ -189,12 +189,14 @@ class SegformerParser:
     """
 
     def __init__(self, model_id: str, *, device: Any, dtype: Any, batch_size: int,
-                 input_size: tuple[int, int], trust_remote_code: bool = False, offload_idle: bool = True) -> None:
+                 input_size: tuple[int, int], letterbox: bool = True, trust_remote_code: bool = False,
+                 offload_idle: bool = True) -> None:
         from dlcr_cli.cache import CACHE
 
         self.device, self.dtype = device, dtype
         self.batch_size = batch_size
         self.input_size = input_size
+        self.letterbox = letterbox
         self.model = CACHE.get(
             "semantic-segmentation", model_id, dtype=dtype, device=device, setting="mask.model",
             offload_idle=offload_idle,
@@ -208,8 +210,7 @@ class SegformerParser:
     def read(self, item: Item) -> None:
         img = load_rgb(item.record.image)
         item.size = img.size
-        height, width = self.input_size
-        item.payload = np.asarray(img.resize((width, height), Image.BILINEAR))
+        item.payload = fit(img, self.input_size, self.letterbox)
 
     def parse(self, items: list[Item]) -> list[np.ndarray]:
         from dlcr_cli.runtime import is_out_of_memory
@@ -226,7 +227,7 @@ class SegformerParser:
         import torch
         import torch.nn.functional as F
 
-        pixels = torch.from_numpy(np.stack([it.payload for it in items])).to(self.device)
+        pixels = torch.from_numpy(np.stack([it.payload[0] for it in items])).to(self.device)
         x = pixels.permute(0, 3, 1, 2).float().div_(255)
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
@@ -235,10 +236,30 @@ class SegformerParser:
             logits = self.model(pixel_values=x).logits
             maps = []
             for item, lg in zip(items, logits):
+                top, left, inner_h, inner_w = item.payload[1]
                 width, height = item.size
-                up = F.interpolate(lg[None].float(), size=(height, width), mode="bilinear", align_corners=False)
+                lg = F.interpolate(lg[None].float(), size=self.input_size, mode="bilinear", align_corners=False)
+                lg = lg[:, :, top:top + inner_h, left:left + inner_w]
+                up = F.interpolate(lg, size=(height, width), mode="bilinear", align_corners=False)
                 maps.append(up.argmax(1)[0].to(torch.uint8).cpu().numpy())
         return maps
+
+
+def fit(img: Image.Image, size: tuple[int, int], letterbox: bool) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The image at the model's input size, and where it lies there (top, left, h, w).
+
+    Letterboxing keeps a tall crop's proportions, centred on ImageNet-mean padding (zero
+    after normalisation), as SCHP's affine warp does.
+    """
+    height, width = size
+    if not letterbox:
+        return np.asarray(img.resize((width, height), Image.BILINEAR)), (0, 0, height, width)
+    scale = min(height / img.height, width / img.width)
+    inner_h, inner_w = max(1, round(img.height * scale)), max(1, round(img.width * scale))
+    top, left = (height - inner_h) // 2, (width - inner_w) // 2
+    canvas = Image.new("RGB", (width, height), tuple(round(255 * m) for m in IMAGENET_MEAN))
+    canvas.paste(img.resize((inner_w, inner_h), Image.BILINEAR), (left, top))
+    return np.asarray(canvas), (top, left, inner_h, inner_w)
 
 
 def _load_segmentation_model(model_id: str, device: Any, dtype: Any, trust_remote_code: bool) -> Any:
@@ -262,6 +283,7 @@ def make_parser(settings: Any) -> Parser:
     device = resolve_device(settings.device)
     return SegformerParser(
         m.model, device=device, dtype=resolve_dtype(m.dtype, device), batch_size=m.batch_size,
-        input_size=m.input_size, trust_remote_code=settings.models.trust_remote_code,
+        input_size=m.input_size, letterbox=m.resize == "letterbox",
+        trust_remote_code=settings.models.trust_remote_code,
         offload_idle=settings.models.offload_idle,
     )

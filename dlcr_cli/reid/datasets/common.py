@@ -14,14 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dlcr_cli.errors import MalformedInput
+from dlcr_cli.io import is_image
 from dlcr_cli.records import Record
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
-
-
-def is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
 
 def sorted_dirs(folder: Path) -> list[Path]:
     """The visible subfolders of `folder`, sorted by name."""
@@ -30,7 +24,7 @@ def sorted_dirs(folder: Path) -> list[Path]:
 
 def sorted_images(folder: Path) -> list[Path]:
     """The image files directly in `folder`, sorted by name."""
-    return sorted(p for p in folder.iterdir() if is_image_name(p.name) and p.is_file())
+    return sorted(p for p in folder.iterdir() if is_image(p) and p.is_file())
 
 
 def images_upto_one_level(folder: Path) -> list[Path]:
@@ -50,7 +44,7 @@ def first_image_name(folder: Path) -> str | None:
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if is_image_name(entry.name) and entry.is_file():
+                if is_image(Path(entry.name)) and entry.is_file():
                     return entry.name
     except OSError:
         return None
