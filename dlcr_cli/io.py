@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
@@ -24,30 +25,37 @@ def is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """The decoded RGB image, or ItemError naming what is wrong with the file."""
+@contextmanager
+def _opened(path: str | Path, what: str, say_path: bool) -> Iterator[Image.Image]:
+    """Image.open whose failures, while opening or decoding, are one ItemError for this item.
+
+    The item's own image needs no path in the message (the log line starts with it); a
+    companion file (a label map) does.
+    """
+    where = f": {path}" if say_path else ""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            yield img
     except FileNotFoundError:
-        raise ItemError("file not found") from None
+        raise ItemError(f"{what} not found{where}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ItemError(f"cannot read image ({err})") from None
+        raise ItemError(f"cannot read {what}{where} ({err})") from None
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """The decoded RGB image, or ItemError naming what is wrong with the file."""
+    with _opened(path, "image", say_path=False) as img:
+        return img.convert("RGB")
 
 
 def load_label_map(path: str | Path) -> "np.ndarray":
     """A single-channel label map as uint8 ids (palette or grey PNG, as SCHP writes them)."""
     import numpy as np
 
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise ItemError(f"label map {path} has mode {img.mode}; expected one channel of label ids")
-            return np.asarray(img, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise ItemError(f"label map not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ItemError(f"cannot read label map {path} ({err})") from None
+    with _opened(path, "label map", say_path=True) as img:
+        if img.mode not in ("P", "L"):
+            raise ItemError(f"label map {path} has mode {img.mode}; expected one channel of label ids")
+        return np.asarray(img, dtype=np.uint8).copy()
 
 
 LABELS_KEY = "dlcr:labels"
@@ -73,17 +81,6 @@ def label_set_of(path: Path) -> str | None:
     """The label set a label map dlcr wrote notes (None for others' maps)."""
     with Image.open(path) as img:
         return getattr(img, "text", {}).get(LABELS_KEY)
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the header only."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except FileNotFoundError:
-        raise ItemError("file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ItemError(f"cannot read image ({err})") from None
 
 
 def save_atomic(img: Image.Image, path: Path, **params) -> None:

@@ -125,8 +125,9 @@ def test_unknown_fields_pass_through_and_order_is_kept(dlcr, tree, tmp_path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("missing", "file not found"),
+    ("missing", "image not found"),
     ("corrupt", "cannot read image"),
+    ("truncated", "cannot read image"),
     ("wrong_size", "label map is 10x40 but the image is 20x40"),
     ("rgb_map", "expected one channel"),
     ("bad_label", "label 23, outside LIP"),
@@ -143,6 +144,8 @@ def test_bad_items_are_logged_and_the_rest_done(dlcr, tree, tmp_path, damage, me
         source, stdin = str(data), None
         if damage == "corrupt":
             (data / victim).write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        elif damage == "truncated":
+            (data / victim).write_bytes((data / victim).read_bytes()[:200])
         elif damage == "wrong_size":
             save_labels(parsing / victim, lip_person()[:, :10])
         elif damage == "rgb_map":
