@@ -58,3 +58,18 @@ def test_exit_code_of_a_failed_item_reaches_the_shell(tmp_path):
     assert run.returncode == 1
     assert run.stdout.strip() == "7"
     assert "001_1_c1_000.png" in run.stderr
+
+
+def test_interrupt_exits_130_with_one_line(tmp_path):
+    """Ctrl-C while dlcr waits for records on stdin: exit 130, no traceback."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(["dlcr", "mask", "-", "--backend", "parsing", "--parsing-dir", str(tmp_path),
+                             "--out", str(tmp_path / "o")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # let it start and block on stdin
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip() == "dlcr: error: interrupted"
