@@ -104,7 +104,6 @@ class Resolved:
     settings: Settings
     sources: dict[str, str]
     """Dotted key -> where its value came from ("default", "env DLCR_X", "file P", "option")."""
-    config_file: Path | None
 
 
 def default_config_file() -> Path:
@@ -135,7 +134,7 @@ def resolve(cli: dict[str, Any] | None = None, config_file: Path | None = None) 
         settings = Settings(**merged)
     except ValidationError as err:
         raise _explain(err, sources) from None
-    return Resolved(settings, sources, path if path.is_file() else None)
+    return Resolved(settings, sources)
 
 
 def config_path(explicit: Path | None) -> tuple[Path, bool]:
@@ -193,7 +192,7 @@ def _explain(err: ValidationError, sources: dict[str, str]) -> Exception:
     """One line for the first problem: the key, the offending layer, pydantic's reason."""
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
-    key = ".".join(loc[:2]) if loc and loc[0] in Settings.model_fields and len(loc) > 1 else ".".join(loc)
+    key = ".".join(loc[:2])  # section.key (list indices and deeper parts dropped)
     source = sources.get(key, "input")
     reason = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

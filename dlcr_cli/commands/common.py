@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dlcr_cli.console import log, progress
 from dlcr_cli.errors import ItemsFailed
-from dlcr_cli.records import Record, write_record
+from dlcr_cli.records import write_record
+from dlcr_cli.stages import Outcome
+
+if TYPE_CHECKING:
+    from dlcr_cli.settings import Resolved
 
 INPUT_HELP = (
     "A dataset root (PRCC, LTCC, VC-Clothes, LaST, DeepChange: layout detected), a folder of "
@@ -31,7 +35,7 @@ class AppState:
     device: str | None = None
     verbosity: int = 0
 
-    def resolve(self, **sections: dict[str, Any]):
+    def resolve(self, **sections: dict[str, Any]) -> Resolved:
         """Settings with the options the user set (not None) over env, file and defaults."""
         from dlcr_cli.settings import resolve
 
@@ -47,12 +51,6 @@ def _set_only(values: dict[str, Any]) -> dict[str, Any]:
 
 def state(ctx: typer.Context) -> AppState:
     return ctx.obj if isinstance(ctx.obj, AppState) else AppState()
-
-
-class Outcome(Protocol):
-    record: Record
-    error: str | None
-    skipped: bool
 
 
 def emit(outcomes: Iterable[Outcome], verb: str, fail_fast: bool, total: int | None = None) -> None:

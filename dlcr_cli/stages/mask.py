@@ -23,6 +23,7 @@ from dlcr_cli import labels as label_sets
 from dlcr_cli.errors import ConfigError, ItemError, UsageError
 from dlcr_cli.io import label_set_of, load_label_map, load_rgb, mirrored, prefetch, save_atomic, save_label_map
 from dlcr_cli.records import Record, rel_path
+from dlcr_cli.stages import Outcome
 
 @dataclass
 class MaskJob:
@@ -42,13 +43,6 @@ class Item:
     """(width, height) of the image."""
     payload: Any = None
     """What the parser read in a worker thread (resized pixels, or an existing label map)."""
-    error: str | None = None
-    skipped: bool = False
-
-
-@dataclass
-class Outcome:
-    record: Record
     error: str | None = None
     skipped: bool = False
 
