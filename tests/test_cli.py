@@ -95,3 +95,17 @@ def test_quiet_silences_info(dlcr, tmp_path):
     assert "done" in dlcr(*args).stderr
     quiet = dlcr("-q", *args, "--overwrite")
     assert quiet.code == 0 and quiet.stderr == "" and len(quiet.records) == 1
+
+
+def test_synth_verb(dlcr, tmp_path):
+    import json
+
+    run = dlcr("synth", tmp_path / "d", "--ids", "4", "--cameras", "2", "--per", "1", "--outfits", "2", "--json")
+    assert run.code == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["ids"] == 4 and summary["images"] == 16 and summary["counts"]["train"] == 8
+    assert "16 images" in run.stderr
+    for bad in (["--size", "12"], ["--outfits", "a-b"], ["--ids", "1"]):
+        run = dlcr("synth", tmp_path / "e", *bad)
+        assert run.code == 2 and run.stderr.startswith("dlcr: error:")
+    assert not (tmp_path / "e").exists()

@@ -13,7 +13,7 @@ from dlcr_cli.commands.common import parse_range, parse_size
 
 
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder to write the dataset into (LTCC layout).", file_okay=False, show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Folder to write the dataset into (LTCC layout).", metavar="OUT", file_okay=False, show_default=False)],
     ids: Annotated[int, typer.Option(help="People; the first half are train, the rest query/gallery.")] = 24,
     outfits: Annotated[str, typer.Option(help="Outfits per person: N or MIN-MAX.")] = "2-4",
     cameras: Annotated[int, typer.Option(help="Cameras (background, light, position).")] = 4,
