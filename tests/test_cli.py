@@ -56,7 +56,7 @@ def test_whole_help_command_is_fast_in_a_real_process():
     start = time.perf_counter()
     result = subprocess.run(["dlcr", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    assert time.perf_counter() - start < 1.5  # interpreter start-up included
+    assert time.perf_counter() - start < 1.0  # interpreter start-up included (0.47 s measured)
 
 
 def test_usage_errors_exit_2(dlcr):
