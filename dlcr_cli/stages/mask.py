@@ -25,6 +25,7 @@ from dlcr_cli.io import label_set_of, load_label_map, load_rgb, mirrored, prefet
 from dlcr_cli.records import Record, rel_path
 from dlcr_cli.stages import Outcome
 
+
 @dataclass
 class MaskJob:
     out: Path
@@ -42,7 +43,8 @@ class Item:
     size: tuple[int, int] = (0, 0)
     """(width, height) of the image."""
     payload: Any = None
-    """What the parser read in a worker thread (resized pixels, or an existing label map)."""
+    """What the parser read in a worker thread (SegFormer: the fitted pixels and where the
+    image lies in them; parsing: the existing label map)."""
     error: str | None = None
     skipped: bool = False
 
