@@ -10,9 +10,9 @@ back when asked for again.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dlcr_cli.errors import Unavailable
@@ -139,6 +139,18 @@ def _empty_cuda_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@dataclass
+class WithProcessor:
+    """A model and its processor or tokenizer, cached as one entry that moves as the model does."""
+
+    model: Any
+    processor: Any
+
+    def to(self, device: Any) -> WithProcessor:
+        self.model.to(device)
+        return self
 
 
 CACHE = ModelCache()

@@ -17,7 +17,9 @@ from typer.core import TyperGroup
 from dlcr_cli import __version__
 from dlcr_cli.commands import completion as completion_cmd
 from dlcr_cli.commands import config as config_cmd
+from dlcr_cli.commands import describe as describe_cmd
 from dlcr_cli.commands import mask as mask_cmd
+from dlcr_cli.commands import summarize as summarize_cmd
 from dlcr_cli.commands import synth as synth_cmd
 from dlcr_cli.commands.common import AppState
 from dlcr_cli.console import error_line, setup_logging
@@ -98,6 +100,8 @@ def root(
 
 app.command("synth", no_args_is_help=True)(synth_cmd.synth)
 app.command("mask", no_args_is_help=True)(mask_cmd.mask)
+app.command("describe", no_args_is_help=True)(describe_cmd.describe)
+app.command("summarize", no_args_is_help=True)(summarize_cmd.summarize)
 app.command("config")(config_cmd.config)
 app.command("completion", no_args_is_help=True)(completion_cmd.completion)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from rich.console import Console
 
@@ -45,13 +45,21 @@ def bars_enabled() -> bool:
 
 
 @contextmanager
-def progress(description: str, total: int | None = None, unit: str = "images") -> Iterator["Bar"]:
+def progress(description: str, total: int | None = None, unit: str = "images",
+             enabled: bool = True) -> Iterator["Bar"]:
     """A progress bar on stderr with rate and ETA; silent when stderr is no terminal or -q."""
-    if not bars_enabled():
+    if not (enabled and bars_enabled()):
         yield Bar(None, None)
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class RateColumn(ProgressColumn):

@@ -38,6 +38,10 @@ class Record(BaseModel):
     mask: str | None = None
     parsing: str | None = None
     parsing_labels: Literal["lip", "atr"] | None = None
+    description: str | None = None
+    """What the person wears, in words (`dlcr describe`)."""
+    prompt: str | None = None
+    """The inpainting prompt of the record's clothing id (`dlcr summarize`)."""
 
 
 # --- reading --------------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from dlcr_cli.errors import Unavailable
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def resolve_device(name: str) -> "torch.device":
@@ -46,3 +50,20 @@ def is_out_of_memory(err: BaseException) -> bool:
     import torch
 
     return isinstance(err, torch.OutOfMemoryError)
+
+
+def halving_on_oom(fn: Callable[[list[T]], list[R]], items: list[T]) -> list[R]:
+    """fn(items); on CUDA out-of-memory, fn over each half instead (recursively).
+
+    The retry happens outside the `except` block so the failed call's tensors are freed first.
+    """
+    try:
+        return fn(items)
+    except Exception as err:
+        if not is_out_of_memory(err) or len(items) == 1:
+            raise
+    import torch
+
+    torch.cuda.empty_cache()
+    half = len(items) // 2
+    return halving_on_oom(fn, items[:half]) + halving_on_oom(fn, items[half:])

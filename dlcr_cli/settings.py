@@ -77,6 +77,56 @@ class MaskSettings(Section):
         return value.expanduser() if value is not None else None
 
 
+class DescribeSettings(Section):
+    """`dlcr describe`: one clothing description per image."""
+
+    backend: Literal["vlm", "colors"] = "vlm"
+    model: str = "llava-hf/llava-1.5-7b-hf"
+    """vlm backend: an image-text-to-text model (hub id or directory) with a chat template."""
+    prompt: str = "What clothes is the person wearing?"
+    """vlm backend: the question asked about every image (the paper's)."""
+    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(128, gt=0)
+    temperature: float = Field(0.2, ge=0)
+    """Sampling temperature (the paper's 0.2); 0 decodes greedily."""
+    seed: int = Field(0, ge=0)
+    dtype: DType = "auto"
+    """auto: float16 on CUDA (as the reference), float32 elsewhere."""
+    workers: int = Field(4, gt=0)
+    """Threads that read images while the model runs."""
+
+
+class SummarizeSettings(Section):
+    """`dlcr summarize`: one inpainting prompt per clothing id."""
+
+    backend: Literal["llm", "vote"] = "llm"
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    """llm backend: a causal LM with a chat template (the paper: meta-llama/Llama-2-7b-chat-hf)."""
+    instruction: str = "Extract the clothing items from the following text: {text}"
+    """llm backend: the one user turn; {text} is the clothing id's descriptions."""
+    words: int = Field(200, gt=0)
+    """Keep this many words of a clothing id's joined descriptions (the paper: 200)."""
+    batch_size: int = Field(8, gt=0)
+    """Clothing ids per model call."""
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.6, ge=0)
+    """Sampling temperature (the paper's 0.6); 0 decodes greedily."""
+    top_p: float = Field(0.9, gt=0, le=1)
+    seed: int = Field(0, ge=0)
+    dtype: DType = "auto"
+
+    @field_validator("instruction")
+    @classmethod
+    def _has_text_field(cls, value: str) -> str:
+        if "{text}" not in value:
+            raise ValueError("must contain {text}, where the descriptions go")
+        try:
+            value.format(text="")
+        except (IndexError, KeyError, ValueError):
+            raise ValueError("may hold no braces but {text} (write {{ and }} for literal ones)") from None
+        return value
+
+
 class Settings(BaseSettings):
     """Everything dlcr can be told, by option, environment or config file."""
 
@@ -88,6 +138,8 @@ class Settings(BaseSettings):
     """auto (CUDA if present, else MPS, else CPU), cpu, cuda, cuda:N, mps."""
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     mask: MaskSettings = Field(default_factory=MaskSettings)
+    describe: DescribeSettings = Field(default_factory=DescribeSettings)
+    summarize: SummarizeSettings = Field(default_factory=SummarizeSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, **_other):

@@ -24,25 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dlcr_cli.clothing import COLOURS as PALETTE
 from dlcr_cli.errors import UsageError
 from dlcr_cli.io import save_label_map
 from dlcr_cli.labels import LIP
-
-# Garment and accessory colours, shared by all people (other stages name colours with it).
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (200, 30, 35),
-    "blue": (40, 90, 215),
-    "green": (40, 150, 60),
-    "yellow": (240, 220, 40),
-    "black": (25, 25, 28),
-    "white": (235, 235, 235),
-    "grey": (128, 128, 128),
-    "orange": (235, 120, 25),
-    "purple": (125, 50, 160),
-    "pink": (245, 150, 190),
-    "brown": (115, 70, 35),
-    "navy": (25, 35, 95),
-}
 
 LABEL = {name: i for i, name in enumerate(LIP)}
 

@@ -11,6 +11,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+# huggingface_hub reads this once, at import: set it before anything imports it, or a test of
+# an unknown hub id waits minutes for network retries.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 from dlcr_cli.cli import app
 
 
@@ -89,3 +93,37 @@ def synth_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, ids=6, cameras=2, per=1, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory) -> Path:
+    """A random-weight LLaVA-1.5-style model and processor, saved like a hub checkpoint."""
+    from tiny_models import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A random-weight Llama causal LM with a Llama-2-chat tokenizer (no pad token, sampling
+    generation config, as the real meta-llama/Llama-2-7b-chat-hf)."""
+    from tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), like_llama2_chat=True)
+
+
+@pytest.fixture(scope="session")
+def synth_described(synth_data, tmp_path_factory) -> Path:
+    """Records of the small synthetic dataset with masks and colour descriptions (JSONL)."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    work = tmp_path_factory.mktemp("synth-work")
+    masked = runner.invoke(app, ["mask", str(synth_data), "--backend", "parsing", "--parsing-dir",
+                                 str(synth_data / "parsing"), "--out", str(work)])
+    assert masked.exit_code == 0, masked.stderr
+    described = runner.invoke(app, ["describe", "-", "--backend", "colors"], input=masked.stdout)
+    assert described.exit_code == 0, described.stderr
+    path = work / "described.jsonl"
+    path.write_text(described.stdout)
+    return path

@@ -32,11 +32,31 @@ def probe(argv: list[str], env: dict | None = None) -> tuple[str, str, float]:
 
 
 def test_help_imports_nothing_heavy_and_is_fast():
-    for argv in (["dlcr", "--help"], ["dlcr", "mask", "--help"], ["dlcr", "config", "--help"]):
+    commands = ("mask", "describe", "summarize", "config")
+    for argv in (["dlcr", "--help"], *(["dlcr", command, "--help"] for command in commands)):
         out, heavy, seconds = probe(argv)
         assert "Usage" in out
         assert heavy == "", f"{argv} imported {heavy}"
         assert seconds < 0.8, f"{argv} took {seconds:.2f}s"
+
+
+def test_weight_free_backends_import_no_model_library(tmp_path):
+    """describe --backend colors and summarize --backend vote run where torch is slow or absent."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 20, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((40, 20), 5, np.uint8)).save(tmp_path / "a_parsing.png")
+    record = {"image": str(tmp_path / "a.png"), "parsing": str(tmp_path / "a_parsing.png"),
+              "parsing_labels": "lip", "clothes": "1_1"}
+    (tmp_path / "in.jsonl").write_text(json.dumps(record) + "\n")
+    out, heavy, _ = probe(["dlcr", "describe", str(tmp_path / "in.jsonl"), "--backend", "colors"])
+    assert json.loads(out)["description"] == "white shirt" and heavy == ""
+    (tmp_path / "described.jsonl").write_text(out)
+    out, heavy, _ = probe(["dlcr", "summarize", str(tmp_path / "described.jsonl"), "--backend", "vote"])
+    assert json.loads(out)["prompt"] == "white shirt" and heavy == ""
 
 
 def test_tab_completion_imports_nothing_heavy():
@@ -86,8 +106,8 @@ def test_unavailable_device_exit_69(dlcr, tmp_path):
 
 
 def test_quiet_silences_info(dlcr, tmp_path):
-    from conftest import save_labels, save_rgb
     import numpy as np
+    from conftest import save_labels, save_rgb
 
     save_rgb(tmp_path / "imgs" / "a.png")
     save_labels(tmp_path / "maps" / "a.png", np.full((40, 20), 18, np.uint8))

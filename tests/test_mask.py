@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_labels, save_rgb
 from PIL import Image
 
-from conftest import save_labels, save_rgb
 from dlcr_cli.labels import ATR, LIP
 
 H, W = 40, 20

@@ -73,3 +73,24 @@ def test_interrupt_exits_130_with_one_line(tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert err.strip() == "dlcr: error: interrupted"
+
+
+def test_stage_one_language_half_in_bash(tmp_path):
+    """synth | mask | describe | summarize with the weight-free backends, one process each."""
+    run = bash(
+        "dlcr synth data --ids 4 --cameras 2 --per 2 > /dev/null && "
+        "dlcr mask data --backend parsing --parsing-dir data/parsing --out work "
+        "| dlcr describe - --backend colors "
+        "| dlcr summarize - --backend vote --prompts-out prompts.json > prompted.jsonl", tmp_path)
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in (tmp_path / "prompted.jsonl").read_text().splitlines()]
+    prompts = json.loads((tmp_path / "prompts.json").read_text())
+    assert len(records) == len(list((tmp_path / "data").glob("*/*.png")))
+    assert {r["clothes"] for r in records} == set(prompts)
+    outfits = json.loads((tmp_path / "data" / "outfits.json").read_text())
+    for r in records:
+        assert r["prompt"] == prompts[r["clothes"]]
+        pid, outfit = r["clothes"].split("_")
+        shoes = outfits[pid][outfit]["shoes"][1]
+        assert f"{shoes} shoes" in r["prompt"] and f"{shoes} shoes" in r["description"]
+    assert "Traceback" not in run.stderr

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import save_rgb
+
 from dlcr_cli.errors import InputMissing, MalformedInput
 from dlcr_cli.records import Record, read_records, record_json, rel_path
 

@@ -53,13 +53,15 @@ def state(ctx: typer.Context) -> AppState:
     return ctx.obj if isinstance(ctx.obj, AppState) else AppState()
 
 
-def emit(outcomes: Iterable[Outcome], verb: str, fail_fast: bool, total: int | None = None) -> None:
+def emit(outcomes: Iterable[Outcome], verb: str, fail_fast: bool, total: int | None = None,
+         bar: bool = True, skipped_means: str = "outputs exist") -> None:
     """Write each done record to stdout, log each failure with its path, and end with exit 1
-    if any failed (at once with `fail_fast`)."""
+    if any failed (at once with `fail_fast`). `bar`: show progress (off when the outcomes
+    are ready at once); `skipped_means`: why a stage skips, for the closing line."""
     done = skipped = failed = 0
-    with progress(verb, total) as bar:
+    with progress(verb, total, enabled=bar) as bar_:
         for outcome in outcomes:
-            bar.advance()
+            bar_.advance()
             if outcome.error is not None:
                 failed += 1
                 log.error("%s: %s", outcome.record.image, outcome.error)
@@ -69,7 +71,7 @@ def emit(outcomes: Iterable[Outcome], verb: str, fail_fast: bool, total: int | N
             skipped += outcome.skipped
             done += not outcome.skipped
             write_record(outcome.record)
-    log.info("%s: %d done, %d skipped (outputs exist), %d failed", verb, done, skipped, failed)
+    log.info("%s: %d done, %d skipped (%s), %d failed", verb, done, skipped, skipped_means, failed)
     if failed:
         raise ItemsFailed(f"{failed} of {done + skipped + failed} items failed (see the messages above)")
 

@@ -21,9 +21,17 @@ from PIL import Image, ImageFilter
 
 from dlcr_cli import labels as label_sets
 from dlcr_cli.errors import ConfigError, ItemError, UsageError
-from dlcr_cli.io import label_set_of, load_label_map, load_rgb, mirrored, prefetch, save_atomic, save_label_map
+from dlcr_cli.io import (
+    label_set_of,
+    load_label_map,
+    load_rgb,
+    mirrored,
+    prefetch,
+    save_atomic,
+    save_label_map,
+)
 from dlcr_cli.records import Record, rel_path
-from dlcr_cli.stages import Outcome
+from dlcr_cli.stages import Outcome, in_batches
 
 
 @dataclass
@@ -65,15 +73,9 @@ def run_mask(records: Iterable[Record], parser: Parser, job: MaskJob) -> Iterato
     """Mask every record, in input order; failures are outcomes, not exceptions."""
     items = prefetch(partial(_prepare, parser=parser, job=job), records, job.workers,
                      depth=2 * parser.batch_size + job.workers)
-    pending: list[Item] = []
     with ThreadPoolExecutor(job.workers, thread_name_prefix="dlcr-write") as writers:
-        for future in items:
-            pending.append(future.result())
-            todo = sum(1 for it in pending if _needs_parsing(it))
-            if todo >= parser.batch_size or len(pending) >= 8 * parser.batch_size:
-                yield from _finish_batch(pending, parser, job, writers)
-                pending = []
-        yield from _finish_batch(pending, parser, job, writers)
+        for batch in in_batches((f.result() for f in items), parser.batch_size, _needs_parsing):
+            yield from _finish_batch(batch, parser, job, writers)
 
 
 def _prepare(record: Record, parser: Parser, job: MaskJob) -> Item:
@@ -209,15 +211,9 @@ class SegformerParser:
         item.payload = fit(img, self.input_size, self.letterbox)
 
     def parse(self, items: list[Item]) -> list[np.ndarray]:
-        from dlcr_cli.runtime import is_out_of_memory
+        from dlcr_cli.runtime import halving_on_oom
 
-        try:
-            return self._parse(items)
-        except Exception as err:  # CUDA out of memory: halve the batch and retry
-            if not is_out_of_memory(err) or len(items) == 1:
-                raise
-            half = len(items) // 2
-            return self.parse(items[:half]) + self.parse(items[half:])
+        return halving_on_oom(self._parse, items)
 
     def _parse(self, items: list[Item]) -> list[np.ndarray]:
         import torch

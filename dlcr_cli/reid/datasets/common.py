@@ -17,6 +17,7 @@ from dlcr_cli.errors import MalformedInput
 from dlcr_cli.io import is_image
 from dlcr_cli.records import Record
 
+
 def sorted_dirs(folder: Path) -> list[Path]:
     """The visible subfolders of `folder`, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

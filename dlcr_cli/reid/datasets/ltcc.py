@@ -17,7 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dlcr_cli.records import Record
-from dlcr_cli.reid.datasets.common import flat_split_records, has_dirs, match_name, name_fits
+from dlcr_cli.reid.datasets.common import (
+    flat_split_records,
+    has_dirs,
+    match_name,
+    name_fits,
+)
 
 NAME = "ltcc"
 DESCRIPTION = "LTCC: [LTCC_ReID/]{train,query,test}/<pid>_<clothes>_c<cam>_<frame>.png"

@@ -18,8 +18,8 @@ from pathlib import Path
 from dlcr_cli.records import Record
 from dlcr_cli.reid.datasets.common import (
     has_dirs,
-    malformed,
     make_record,
+    malformed,
     sorted_dirs,
     sorted_images,
 )

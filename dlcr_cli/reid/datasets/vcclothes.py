@@ -15,7 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dlcr_cli.records import Record
-from dlcr_cli.reid.datasets.common import flat_split_records, has_dirs, match_name, name_fits
+from dlcr_cli.reid.datasets.common import (
+    flat_split_records,
+    has_dirs,
+    match_name,
+    name_fits,
+)
 
 NAME = "vcclothes"
 DESCRIPTION = "VC-Clothes: {train,query,gallery}/<pid>-<cam>-<clothes>-<n>.jpg"
