@@ -289,6 +289,8 @@ def vote(descriptions: list[str]) -> list[ClothingItem]:
     A slot is kept when at least half the descriptions mention it; its item is the most
     frequent item text (each description counted once per text). Ties go to an item with a
     colour, then to the alphabetically first text, so the order of descriptions never matters.
+    A dress (slot "full") and a top or bottom that both reach half: the side with more votes
+    stays (the dress on a tie).
     """
     slot_votes: Counter[str] = Counter()
     item_votes: dict[str, Counter[ClothingItem]] = {slot: Counter() for slot in SLOTS}
@@ -297,12 +299,12 @@ def vote(descriptions: list[str]) -> list[ClothingItem]:
         slot_votes.update({item.slot for item in items})
         for item in items:
             item_votes[item.slot][item] += 1
-    chosen = []
-    for slot in SLOTS:
-        if slot_votes[slot] and 2 * slot_votes[slot] >= len(descriptions):
-            best = min(item_votes[slot].items(), key=lambda kv: (-kv[1], kv[0].colour is None, kv[0].text))
-            chosen.append(best[0])
-    return chosen
+    kept = [slot for slot in SLOTS if slot_votes[slot] and 2 * slot_votes[slot] >= len(descriptions)]
+    pieces = [slot for slot in ("upper", "lower") if slot in kept]
+    if "full" in kept and pieces:  # a dress is worn instead of a top and a bottom: one side wins
+        two_piece = max(slot_votes[slot] for slot in pieces)
+        kept = [s for s in kept if s not in pieces] if slot_votes["full"] >= two_piece else [s for s in kept if s != "full"]
+    return [min(item_votes[slot].items(), key=lambda kv: (-kv[1], kv[0].colour is None, kv[0].text))[0] for slot in kept]
 
 
 def prompt_from_items(items: list[str]) -> str:

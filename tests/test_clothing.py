@@ -324,6 +324,14 @@ def test_vote_output_in_slot_order_and_empty_cases():
     assert vote(["", "a person walking", "green bag"]) == []
 
 
+def test_vote_a_dress_or_a_top_and_bottom_not_both():
+    dress = ["green dress| black shoes"] * 2
+    two_piece = ["red shirt| blue pants| black shoes"] * 3
+    assert voted(dress + two_piece) == ["red shirt", "blue pants", "black shoes"]
+    assert voted(dress * 2 + two_piece) == ["green dress", "black shoes"]
+    assert voted(dress + two_piece[:2]) == ["green dress", "black shoes"]  # a tie: the dress
+
+
 def test_prompt_from_items():
     assert prompt_from_items(["Blue jacket", "Black pants,", "ok", "White sneakers"]) == (
         "blue jacket black pants white sneakers"

@@ -35,7 +35,7 @@ def synth(
 
         dlcr synth big --ids 200 --cameras 6 --per 4 --size 256x128 --seed 1
     """
-    from dlcr_cli.console import stderr
+    from dlcr_cli.console import log
     from dlcr_cli.synth import synthesize
 
     height, width = parse_size(size, "--size")
@@ -43,4 +43,4 @@ def synth(
                          per=per, height=height, width=width, seed=seed)
     if as_json:
         sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
-    stderr.print(f"dlcr: synth: {summary}", markup=False, highlight=False, soft_wrap=True)
+    log.info("synth: %s", summary)
