@@ -128,22 +128,15 @@ class VlmDescriber:
     def __init__(self, model_id: str, *, device: Any, dtype: Any, batch_size: int, prompt: str,
                  max_new_tokens: int, temperature: float, seed: int, trust_remote_code: bool = False,
                  offload_idle: bool = True) -> None:
-        from dlcr_cli import textgen
-        from dlcr_cli.cache import CACHE
+        from dlcr_cli.textgen import Generator
 
-        self.device, self.dtype = device, dtype
         self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.options = textgen.sampling(temperature)
-        bundle = CACHE.get(
-            "image-text-to-text", model_id, dtype=dtype, device=device, setting="describe.model",
-            offload_idle=offload_idle, load=partial(_load_vlm, model_id, device, dtype, trust_remote_code),
+        self.vlm = Generator.load(
+            "image-text-to-text", ("AutoModelForImageTextToText", "AutoProcessor"), model_id,
+            setting="describe.model", device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+            temperature=temperature, seed=seed, trust_remote_code=trust_remote_code, offload_idle=offload_idle,
         )
-        self.model, self.processor = bundle.model, bundle.processor
-        question = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        self.text = textgen.chat_prompt(self.processor, question, model_id, "describe.model")
-        self.pad_token_id = textgen.pad_token_id(self.processor.tokenizer)
-        textgen.seed(seed)
+        self.text = self.vlm.chat([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}])
 
     def read(self, record: Record) -> Any:
         return load_rgb(record.image)
@@ -154,25 +147,8 @@ class VlmDescriber:
         return halving_on_oom(self._describe, payloads)
 
     def _describe(self, images: list[Any]) -> list[str]:
-        from dlcr_cli import textgen
-
-        inputs = self.processor(images=images, text=[self.text] * len(images), padding=True, return_tensors="pt")
-        inputs = textgen.to_model(inputs, self.device, self.dtype)
-        return textgen.generate_text(self.model, inputs, self.processor, max_new_tokens=self.max_new_tokens,
-                                     options=self.options, pad_token_id=self.pad_token_id)
-
-
-def _load_vlm(model_id: str, device: Any, dtype: Any, trust_remote_code: bool) -> Any:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from dlcr_cli.cache import WithProcessor
-
-    processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-    processor.tokenizer.padding_side = "left"  # generation continues every row at its end
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_id, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
-    return WithProcessor(model.eval().to(device), processor)
+        texts = [self.text] * len(images)
+        return self.vlm.generate(self.vlm.processor(images=images, text=texts, padding=True, return_tensors="pt"))
 
 
 def make_describer(settings: Any) -> Describer:

@@ -13,7 +13,6 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 from dlcr_cli.console import log, progress
@@ -172,57 +171,29 @@ class LlmSummarizer:
     def __init__(self, model_id: str, *, device: Any, dtype: Any, batch_size: int, instruction: str,
                  words: int, max_new_tokens: int, temperature: float, top_p: float, seed: int,
                  trust_remote_code: bool = False, offload_idle: bool = True) -> None:
-        from dlcr_cli import textgen
-        from dlcr_cli.cache import CACHE
+        from dlcr_cli.textgen import Generator
 
-        self.model_id = model_id
-        self.device = device
         self.batch_size = batch_size
         self.instruction, self.words = instruction, words
-        self.max_new_tokens = max_new_tokens
-        self.options = textgen.sampling(temperature, top_p)
-        bundle = CACHE.get(
-            "text-generation", model_id, dtype=dtype, device=device, setting="summarize.model",
-            offload_idle=offload_idle, load=partial(_load_llm, model_id, device, dtype, trust_remote_code),
+        self.llm = Generator.load(
+            "text-generation", ("AutoModelForCausalLM", "AutoTokenizer"), model_id, setting="summarize.model",
+            device=device, dtype=dtype, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            seed=seed, trust_remote_code=trust_remote_code, offload_idle=offload_idle,
         )
-        self.model, self.tokenizer = bundle.model, bundle.processor
-        self.pad_token_id = textgen.pad_token_id(self.tokenizer)
-        textgen.seed(seed)
 
     def summarize(self, groups: list[list[str]]) -> list[Summary]:
         from dlcr_cli.runtime import halving_on_oom
 
-        texts = [self.chat(source_text(descriptions, self.words)) for descriptions in groups]
-        answers = halving_on_oom(self.answer, texts)
+        chats = [self.chat(source_text(descriptions, self.words)) for descriptions in groups]
+        answers = halving_on_oom(self.answer, chats)
         return [summary_from_answer(a, d) for a, d in zip(answers, groups)]
 
     def chat(self, text: str) -> str:
-        from dlcr_cli import textgen
-
-        turn = [{"role": "user", "content": self.instruction.format(text=text)}]
-        return textgen.chat_prompt(self.tokenizer, turn, self.model_id, "summarize.model")
+        return self.llm.chat([{"role": "user", "content": self.instruction.format(text=text)}])
 
     def answer(self, chats: list[str]) -> list[str]:
-        from dlcr_cli import textgen
-
         # The chat template already holds the special tokens (BOS and the like).
-        inputs = self.tokenizer(chats, padding=True, return_tensors="pt", add_special_tokens=False)
-        inputs = textgen.to_model(inputs, self.device, None)
-        return textgen.generate_text(self.model, inputs, self.tokenizer, max_new_tokens=self.max_new_tokens,
-                                     options=self.options, pad_token_id=self.pad_token_id)
-
-
-def _load_llm(model_id: str, device: Any, dtype: Any, trust_remote_code: bool) -> Any:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from dlcr_cli.cache import WithProcessor
-
-    tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=trust_remote_code)
-    tokenizer.padding_side = "left"  # generation continues every row at its end
-    model = AutoModelForCausalLM.from_pretrained(
-        model_id, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
-    return WithProcessor(model.eval().to(device), tokenizer)
+        return self.llm.generate(self.llm.processor(chats, padding=True, return_tensors="pt", add_special_tokens=False))
 
 
 def make_summarizer(settings: Any) -> Summarizer:
