@@ -127,6 +127,42 @@ class SummarizeSettings(Section):
         return value
 
 
+class InpaintSettings(Section):
+    """`dlcr inpaint`: clothes-changed images, K per training image."""
+
+    backend: Literal["diffusion", "recolor"] = "diffusion"
+    model: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+    """diffusion backend: a diffusers inpainting pipeline (hub id or directory)."""
+    variants: int = Field(10, gt=0)
+    """Target clothing ids (one generated image each) per source image (the paper: 10)."""
+    splits: list[str] = Field(default_factory=lambda: ["train"])
+    """Records of these splits (and records without a split) are sources; others are ignored."""
+    size: tuple[int, int] = (768, 256)
+    """Height and width the pipeline works at (multiples of 8); results are resized back."""
+    steps: int = Field(50, gt=0)
+    guidance: float = Field(7.5, ge=0)
+    strength: float = Field(1.0, gt=0, le=1)
+    scheduler: Literal["default", "dpm"] = "default"
+    """default: the checkpoint's own; dpm: DPM-Solver++ multistep, good in 20-25 steps."""
+    batch_size: int = Field(8, gt=0)
+    """Generated images per pipeline call."""
+    seed: int = Field(0, ge=0)
+    dtype: DType = "auto"
+    compile: bool = False
+    """torch.compile the UNet (pays off on long GPU runs)."""
+    format: Literal["files", "strip"] = "files"
+    """files: DIR/<rel dir>/<stem>_v<k>.png; strip: the released data's one PNG of K tiles + .txt per source."""
+    workers: int = Field(4, gt=0)
+    """Threads that read and write images while the model runs."""
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_8(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if any(v <= 0 or v % 8 for v in value):
+            raise ValueError(f"height and width must be positive multiples of 8, got {value[0]}x{value[1]}")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything dlcr can be told, by option, environment or config file."""
 
@@ -140,6 +176,7 @@ class Settings(BaseSettings):
     mask: MaskSettings = Field(default_factory=MaskSettings)
     describe: DescribeSettings = Field(default_factory=DescribeSettings)
     summarize: SummarizeSettings = Field(default_factory=SummarizeSettings)
+    inpaint: InpaintSettings = Field(default_factory=InpaintSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, **_other):

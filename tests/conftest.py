@@ -127,3 +127,23 @@ def synth_described(synth_data, tmp_path_factory) -> Path:
     path = work / "described.jsonl"
     path.write_text(described.stdout)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint(tmp_path_factory) -> Path:
+    """A random-weight Stable-Diffusion inpainting pipeline (9-channel UNet), saved like a hub one."""
+    from tiny_models import build_tiny_inpaint
+
+    return build_tiny_inpaint(tmp_path_factory.mktemp("tiny-inpaint"))
+
+
+@pytest.fixture(scope="session")
+def synth_prompted(synth_described, tmp_path_factory) -> Path:
+    """The small synthetic dataset's records with masks, descriptions and vote prompts (JSONL)."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["summarize", str(synth_described), "--backend", "vote"])
+    assert result.exit_code == 0, result.stderr
+    path = tmp_path_factory.mktemp("synth-prompted") / "prompted.jsonl"
+    path.write_text(result.stdout)
+    return path

@@ -197,3 +197,55 @@ def build_tiny_llama(path: Path, *, printable: bool = True, like_llama2_chat: bo
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def _clip_tokenizer():
+    """A CLIP tokenizer from an in-memory vocabulary: the 256 byte characters and their `</w>`
+    forms, no merges, so any prompt tokenizes without unknowns."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    import json
+    import tempfile
+
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = ["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab, merges = Path(tmp) / "vocab.json", Path(tmp) / "merges.txt"
+        vocab.write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
+        merges.write_text("#version: 0.2\n")
+        return CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
+
+
+def build_tiny_inpaint(path: Path) -> Path:
+    """Save a tiny Stable-Diffusion inpainting pipeline (9-channel UNet, two-block VAE, CLIP
+    text encoder, PNDM scheduler, no safety checker) to `path`, loadable with
+    `AutoPipelineForInpainting.from_pretrained(path)`; returns `path`."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=9, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    )
+    tokenizer = _clip_tokenizer()
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
+    ))
+    pipe = StableDiffusionInpaintPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path

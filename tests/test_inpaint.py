@@ -1,0 +1,214 @@
+"""dlcr inpaint: target sampling, a tiny random inpainting pipeline, paste-back, formats, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlcr_cli.stages.inpaint import draw_targets, stable_int, variant_seed
+
+TINY = ("--size", "64x32", "--steps", "2")
+
+
+def test_targets_are_distinct_never_own_and_reproducible():
+    pool = [f"{i:03d}_1" for i in range(20)]
+    for rel in ("train/a.png", "train/b.png"):
+        targets = draw_targets(7, rel, "003_1", pool, 10)
+        assert len(set(targets)) == 10 and "003_1" not in targets
+        assert targets == draw_targets(7, rel, "003_1", pool, 10)
+    assert draw_targets(7, "train/a.png", "003_1", pool, 10) != draw_targets(7, "train/b.png", "003_1", pool, 10)
+    assert draw_targets(7, "train/a.png", "003_1", pool, 10) != draw_targets(8, "train/a.png", "003_1", pool, 10)
+    assert draw_targets(0, "x", "000_1", pool[:3], 10) == draw_targets(0, "x", "000_1", pool[:3], 5)  # K lowered
+    assert len(draw_targets(0, "x", "000_1", pool[:3], 10)) == 2
+
+
+def test_seeds_are_stable_across_processes():
+    # fixed values: a change here changes every generated image of every user
+    assert stable_int("variant", 0, "train/a.png", 0) == variant_seed(0, "train/a.png", 0)
+    assert variant_seed(0, "train/a.png", 0) == 2116956165255782959
+    assert len({variant_seed(0, "train/a.png", k) for k in range(10)}) == 10
+
+
+@pytest.fixture
+def small_prompted(synth_prompted, tmp_path) -> Path:
+    """Six training records of the synthetic data, one per clothing id, then the other splits'
+    records; prompts.json beside it holds the prompts of all training ids."""
+    records = [json.loads(line) for line in synth_prompted.read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    firsts = list({r["clothes"]: r for r in reversed(train)}.values())[::-1][:6]
+    path = tmp_path / "small.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in firsts) + "".join(
+        json.dumps(r) + "\n" for r in records if r["split"] != "train"))
+    table = {r["clothes"]: r["prompt"] for r in train}
+    (tmp_path / "prompts.json").write_text(json.dumps(table))
+    return path
+
+
+def inpaint(dlcr, source, out, model, *args):
+    return dlcr("inpaint", source, "--out", out, "--model", model, *TINY, *args)
+
+
+def test_diffusion_writes_k_variants_pasted_back_exactly(dlcr, small_prompted, tiny_inpaint, tmp_path):
+    run = inpaint(dlcr, small_prompted, tmp_path / "gen", tiny_inpaint, "-k", "3", "--prompts", tmp_path / "prompts.json")
+    assert run.code == 0, run.stderr
+    assert len(run.records) == 18
+    sources = [json.loads(line) for line in small_prompted.read_text().splitlines()][:6]
+    table = json.loads((tmp_path / "prompts.json").read_text())
+    for i, record in enumerate(run.records):
+        src = sources[i // 3]
+        assert record["variant"] == i % 3 and record["source"] == src["image"]
+        assert record["clothes"] == src["clothes"] and record["pid"] == src["pid"] and record["camid"] == src["camid"]
+        assert record["target_clothes"] != src["clothes"] and record["prompt"] == table[record["target_clothes"]]
+        assert "description" not in record
+        assert Path(record["image"]).name == Path(src["image"]).stem + f"_v{i % 3}.png"
+        out, image = np.asarray(Image.open(record["image"])), np.asarray(Image.open(src["image"]))
+        mask = np.asarray(Image.open(src["mask"])) > 127
+        assert out.shape == image.shape
+        assert (out[~mask] == image[~mask]).all()  # exactly the source outside the mask
+        assert (out[mask] != image[mask]).any()
+    targets = [r["target_clothes"] for r in run.records[:3]]
+    assert len(set(targets)) == 3
+    assert "records of other splits than train are not sources" in run.stderr
+
+
+def test_batch_size_changes_no_image_beyond_rounding(dlcr, small_prompted, tiny_inpaint, tmp_path):
+    one = inpaint(dlcr, small_prompted, tmp_path / "a", tiny_inpaint, "-k", "2", "--batch-size", "1")
+    four = inpaint(dlcr, small_prompted, tmp_path / "b", tiny_inpaint, "-k", "2", "--batch-size", "5")
+    assert one.code == four.code == 0
+    for a, b in zip(one.records, four.records):
+        assert (a["target_clothes"], a["seed"]) == (b["target_clothes"], b["seed"])
+        diff = np.abs(np.asarray(Image.open(a["image"]), int) - np.asarray(Image.open(b["image"]), int))
+        assert diff.max() <= 2
+
+
+def test_existing_outputs_are_skipped(dlcr, small_prompted, tiny_inpaint, tmp_path):
+    first = inpaint(dlcr, small_prompted, tmp_path / "gen", tiny_inpaint, "-k", "2")
+    (tmp_path / "gen").joinpath(Path(first.records[3]["rel"])).unlink()
+    again = inpaint(dlcr, small_prompted, tmp_path / "gen", tiny_inpaint, "-k", "2")
+    assert again.code == 0
+    assert "1 done, 11 skipped" in again.stderr
+    assert [r["image"] for r in again.records] == [r["image"] for r in first.records]
+
+
+def test_strip_format_round_trip(dlcr, small_prompted, tiny_inpaint, tmp_path):
+    files = inpaint(dlcr, small_prompted, tmp_path / "files", tiny_inpaint, "-k", "3", "--batch-size", "2")
+    strip = inpaint(dlcr, small_prompted, tmp_path / "strip", tiny_inpaint, "-k", "3", "--batch-size", "2",
+                    "--format", "strip")
+    assert files.code == strip.code == 0, strip.stderr
+    assert len(strip.records) == 18
+    for a, b in zip(files.records, strip.records):
+        sheet = np.asarray(Image.open(b["image"]))
+        tile = np.asarray(Image.open(a["image"]))
+        w = tile.shape[1]
+        assert sheet.shape == (tile.shape[0], 3 * w, 3)
+        assert (sheet[:, b["variant"] * w:(b["variant"] + 1) * w] == tile).all()
+        lines = Path(b["image"]).with_suffix(".txt").read_text().splitlines()
+        assert lines[b["variant"]] == b["prompt"]
+    again = inpaint(dlcr, small_prompted, tmp_path / "strip", tiny_inpaint, "-k", "3", "--format", "strip")
+    assert "0 done, 18 skipped" in again.stderr
+
+
+def test_bad_sources_fail_alone(dlcr, small_prompted, tiny_inpaint, tmp_path):
+    records = [json.loads(line) for line in small_prompted.read_text().splitlines()][:4]
+    del records[0]["mask"]
+    small = np.zeros((5, 5), np.uint8)
+    Image.fromarray(small).save(tmp_path / "small_mask.png")
+    records[1]["mask"] = str(tmp_path / "small_mask.png")
+    records[2]["image"] = str(tmp_path / "missing.png")
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    run = dlcr("inpaint", "-", "--out", tmp_path / "gen", "--model", tiny_inpaint, *TINY, "-k", "2", input=text)
+    assert run.code == 1
+    assert len(run.records) == 2 and {r["source"] for r in run.records} == {records[3]["image"]}
+    assert "no mask in the record" in run.stderr
+    assert "mask is 5x5 but the image is" in run.stderr
+    assert "image not found" in run.stderr
+
+
+def test_no_prompts_or_no_sources(dlcr, small_prompted, tmp_path):
+    records = [json.loads(line) for line in small_prompted.read_text().splitlines()][:3]
+    for r in records:
+        del r["prompt"]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    run = dlcr("inpaint", "-", "--out", tmp_path / "gen", "--backend", "recolor", input=text)
+    assert run.code == 66 and "no clothing id has a prompt" in run.stderr
+    query = dlcr("inpaint", small_prompted, "--out", tmp_path / "g", "--backend", "recolor", "--splits", "nothing")
+    assert query.code == 66 and "no source records of split nothing" in query.stderr
+    bad = dlcr("inpaint", small_prompted, "--out", tmp_path / "g", "--backend", "recolor", "--prompts", tmp_path / "none.json")
+    assert bad.code == 66
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    bad = dlcr("inpaint", small_prompted, "--out", tmp_path / "g", "--backend", "recolor", "--prompts", tmp_path / "bad.json")
+    assert bad.code == 65 and "bad.json" in bad.stderr
+
+
+def test_fewer_targets_than_k_lower_k_with_a_warning(dlcr, small_prompted, tmp_path):
+    records = [json.loads(line) for line in small_prompted.read_text().splitlines()][:6]
+    table = {r["clothes"]: r["prompt"] for r in records}
+    (tmp_path / "few.json").write_text(json.dumps(table))
+    run = dlcr("inpaint", small_prompted, "--out", tmp_path / "g", "--backend", "recolor", "-k", "10",
+               "--prompts", tmp_path / "few.json")
+    assert run.code == 0, run.stderr
+    assert f"only {len(table)} clothing ids have a prompt" in run.stderr
+    per_source: dict[str, int] = {}
+    for r in run.records:
+        per_source[r["source"]] = per_source.get(r["source"], 0) + 1
+    assert max(per_source.values()) <= len(table)
+
+
+def test_an_unavailable_pipeline_is_one_line(dlcr, small_prompted, tmp_path):
+    run = dlcr("inpaint", small_prompted, "--out", tmp_path / "g", "--model", "nobody/no-such-inpainting", "-k", "2")
+    assert run.code == 69 and "inpaint.model" in run.stderr
+    assert len(run.stderr.strip().splitlines()) <= 2  # the splits note, then the error
+
+
+def test_a_killed_run_resumes_to_byte_identical_files(small_prompted, tiny_inpaint, tmp_path):
+    def start(out: Path) -> subprocess.Popen:
+        args = ["dlcr", "-q", "inpaint", str(small_prompted), "--out", str(out), "--model", str(tiny_inpaint),
+                "--size", "64x32", "--steps", "12", "-k", "4", "--batch-size", "3", "--workers", "1",
+                "--prompts", str(small_prompted.parent / "prompts.json")]
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    whole = start(tmp_path / "whole")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+    expected = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*.png"))
+    assert len(expected) == 24
+
+    killed = start(tmp_path / "resumed")
+    deadline = time.monotonic() + 120
+    while len(list((tmp_path / "resumed").rglob("*.png"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    partial = len(list((tmp_path / "resumed").rglob("*.png")))
+    assert 0 < partial < 24, partial
+    resumed = start(tmp_path / "resumed")
+    assert resumed.wait(timeout=300) == 0
+    for rel in expected:
+        assert (tmp_path / "resumed" / rel).read_bytes() == (tmp_path / "whole" / rel).read_bytes(), rel
+    assert not list((tmp_path / "resumed").rglob(".*.tmp"))
+
+
+def test_recolor_paints_the_target_outfits_colours(dlcr, synth_prompted, tmp_path):
+    from dlcr_cli.clothing import COLOURS, describe_regions
+
+    run = dlcr("inpaint", synth_prompted, "--out", tmp_path / "gen", "--backend", "recolor", "-k", "3")
+    assert run.code == 0, run.stderr
+    assert len(run.records) == 3 * sum(1 for line in synth_prompted.read_text().splitlines() if '"train"' in line)
+    for record in run.records[::7]:
+        out = np.asarray(Image.open(record["image"]))
+        source = np.asarray(Image.open(record["source"]))
+        parsing = np.asarray(Image.open(record["parsing"]))
+        mask = np.asarray(Image.open(record["mask"])) > 127
+        assert (out[~mask] == source[~mask]).all()
+        wanted = {word for word in record["prompt"].split() if word in COLOURS}
+        for item in describe_regions(out, parsing, "lip"):
+            if item.slot in ("full", "outer", "upper", "lower", "shoes"):
+                assert item.colour in wanted, (record["image"], item, record["prompt"])
