@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -345,28 +345,20 @@ def _paint_batch(batch: Batch, painter: Painter, pool: ThreadPoolExecutor, write
     todo = [job for job in batch.jobs if isinstance(batch.sources[job.rel], Source)]
     painted = painter.paint([batch.sources[j.rel] for j in todo], [j.prompt for j in todo], [j.seed for j in todo])
     results = {id(job): paste_back(batch.sources[job.rel], image) for job, image in zip(todo, painted)}
-    writes: list[tuple[Job, bool, Future | None]] = []
+    writes = {id(job): pool.submit(save_atomic, Image.fromarray(results[id(job)]), job.out)
+              for job, done in zip(batch.jobs, batch.done) if writer is None and not done and id(job) in results}
     for job, done in zip(batch.jobs, batch.done):
-        if id(job) not in results:
-            continue
-        if writer is not None:
-            writes.append((job, done, None))
-        elif not done:
-            writes.append((job, done, pool.submit(save_atomic, Image.fromarray(results[id(job)]), job.out)))
-        else:
-            writes.append((job, done, None))
-    for job in batch.jobs:
         problem = batch.sources[job.rel]
-        if isinstance(problem, str) and job.rel not in failed:
-            failed.add(job.rel)
-            yield Outcome(job.source, problem)
-    for job, done, future in writes:
-        if writer is not None:
+        if isinstance(problem, str):
+            if job.rel not in failed:
+                failed.add(job.rel)
+                yield Outcome(job.source, problem)
+        elif writer is not None:
             yield from writer.add(job, None if done else results[id(job)], done)
-            continue
-        if future is not None:
-            future.result()
-        yield Outcome(generated_record(job), skipped=done)
+        else:
+            if id(job) in writes:
+                writes[id(job)].result()
+            yield Outcome(generated_record(job), skipped=done)
 
 
 class _StripWriter:
