@@ -176,6 +176,16 @@ PARSING_GARMENTS: dict[str, str] = {
 """Human-parsing label (LIP and ATR share names) -> garment word; other labels name nothing."""
 
 
+def garment_label_ids(labels: str) -> dict[str, list[int]]:
+    """Garment word -> its label ids in label set `labels`, in label order (both shoes are
+    one garment)."""
+    ids: dict[str, list[int]] = {}
+    for i, name in enumerate(LABEL_SETS[labels]):
+        if name in PARSING_GARMENTS:
+            ids.setdefault(PARSING_GARMENTS[name], []).append(i)
+    return ids
+
+
 def _key(words: str) -> str:
     """Spacing- and hyphen-insensitive lookup key: "tank-top", "tank  top" -> "tank top"."""
     return re.sub(r"[\s-]+", " ", words.strip().lower())
@@ -264,12 +274,8 @@ def describe_regions(
             f"image is {image.shape[1]}x{image.shape[0]} but its label map is "
             f"{label_map.shape[-1]}x{label_map.shape[0]} (width x height); they must match"
         )
-    ids: dict[str, list[int]] = {}  # garment word -> its label ids, in label order
-    for i, name in enumerate(LABEL_SETS[labels]):
-        if name in PARSING_GARMENTS:
-            ids.setdefault(PARSING_GARMENTS[name], []).append(i)
     items = []
-    for garment, garment_ids in ids.items():
+    for garment, garment_ids in garment_label_ids(labels).items():
         mask = np.isin(label_map, garment_ids)
         if mask.sum() >= min_pixels:
             item = ClothingItem(colour_name(image[mask]), garment, GARMENT_SLOTS[garment])

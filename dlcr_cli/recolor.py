@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlcr_cli.clothing import COLOURS, GARMENT_SLOTS, PARSING_GARMENTS, parse_items
+from dlcr_cli.clothing import COLOURS, GARMENT_SLOTS, garment_label_ids, parse_items
 from dlcr_cli.labels import LABEL_SETS
 
 RGB = tuple[int, int, int]
@@ -108,16 +108,16 @@ def recolour(
     weight = np.ones(label_map.shape) if mask is None else _weights(np.asarray(mask))
     targets = target_colours(prompt)
     out = image.copy()
-    for garment, ids in _garment_ids(labels).items():
+    for garment, ids in garment_label_ids(labels).items():
         rgb = _target_for(GARMENT_SLOTS[garment], targets)
         region = np.isin(label_map, ids)
         repaint = region & (weight > 0)
         if rgb is None or not repaint.any():
             continue
-        painted = np.empty_like(image)
-        # The reference luminance is the whole garment's, masked or not.
-        painted[region] = shade_transfer(image[region], rgb)
-        out[repaint] = _blend(image[repaint], painted[repaint], weight[repaint])
+        # The reference luminance is the whole garment's, masked or not; the repainted
+        # pixels are a subset of the region's, in the same (row-major) order.
+        painted = shade_transfer(image[region], rgb)[weight[region] > 0]
+        out[repaint] = _blend(image[repaint], painted, weight[repaint])
     return out
 
 
@@ -177,15 +177,6 @@ def _blend(source: np.ndarray, painted: np.ndarray, weight: np.ndarray) -> np.nd
     """Soft-mask blend of (N, 3) pixels; weight 1 gives the painted bytes exactly."""
     mixed = source + (painted.astype(float) - source) * weight[:, None]
     return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
-
-
-def _garment_ids(labels: str) -> dict[str, list[int]]:
-    """Garment word -> its label ids in the set (both shoes are one region)."""
-    ids: dict[str, list[int]] = {}
-    for i, name in enumerate(LABEL_SETS[labels]):
-        if name in PARSING_GARMENTS:
-            ids.setdefault(PARSING_GARMENTS[name], []).append(i)
-    return ids
 
 
 def _check(
