@@ -86,6 +86,19 @@ def label_set_of(path: Path) -> str | None:
         return getattr(img, "text", {}).get(LABELS_KEY)
 
 
+def parsing_labels_of(declared: str | None, path: str | Path, label_map: "np.ndarray") -> str:
+    """The label set of a parsing map: as the record declares it, else as dlcr noted it in
+    the PNG, else guessed from its ids; an item error when there is no telling."""
+    import numpy as np
+
+    from dlcr_cli.labels import guess_label_set
+
+    labels = declared or label_set_of(path) or guess_label_set([set(np.unique(label_map).tolist())])
+    if labels not in ("lip", "atr"):
+        raise ItemError(f"cannot tell whether {path} holds LIP or ATR labels; set parsing_labels in the record")
+    return labels
+
+
 def save_atomic(img: Image.Image, path: Path, **params) -> None:
     """Write next to the target, then rename: a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)

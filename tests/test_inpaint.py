@@ -212,3 +212,19 @@ def test_recolor_paints_the_target_outfits_colours(dlcr, synth_prompted, tmp_pat
         for item in describe_regions(out, parsing, "lip"):
             if item.slot in ("full", "outer", "upper", "lower", "shoes"):
                 assert item.colour in wanted, (record["image"], item, record["prompt"])
+
+
+def test_recolor_needs_to_know_the_label_set(dlcr, small_prompted, tmp_path):
+    records = [json.loads(line) for line in small_prompted.read_text().splitlines()][:6]
+    noted = dict(records[0], parsing_labels=None)  # dlcr mask noted the set in the PNG
+    del noted["parsing_labels"]
+    plain = np.asarray(Image.open(records[1]["parsing"]))
+    plain = np.where(plain > 0, 5, 0).astype(np.uint8)  # upper-clothes only: LIP or ATR?
+    Image.fromarray(plain).save(tmp_path / "plain.png")
+    unknown = dict(records[1], parsing=str(tmp_path / "plain.png"))
+    del unknown["parsing_labels"]
+    text = "".join(json.dumps(r) + "\n" for r in [noted, unknown, *records[2:]])
+    run = dlcr("inpaint", "-", "--out", tmp_path / "gen", "--backend", "recolor", "-k", "2", input=text)
+    assert run.code == 1
+    assert {r["source"] for r in run.records} == {r["image"] for r in [noted, *records[2:]]}
+    assert "plain.png holds LIP or ATR labels" in run.stderr

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from dlcr_cli.console import log
 from dlcr_cli.errors import ItemError
-from dlcr_cli.io import label_set_of, load_label_map, load_rgb, prefetch
+from dlcr_cli.io import load_label_map, load_rgb, parsing_labels_of, prefetch
 from dlcr_cli.records import Record
 from dlcr_cli.stages import Outcome, in_batches
 
@@ -94,7 +94,7 @@ class ColourDescriber:
             raise ItemError("no parsing map in the record (run dlcr mask first)")
         label_map = load_label_map(record.parsing)
         image = np.asarray(load_rgb(record.image))
-        labels = record.parsing_labels or _label_set(record.parsing, label_map)
+        labels = parsing_labels_of(record.parsing_labels, record.parsing, label_map)
         try:
             items = describe_regions(image, label_map, labels)
         except ValueError as err:
@@ -103,17 +103,6 @@ class ColourDescriber:
 
     def describe(self, payloads: list[str]) -> list[str]:
         return payloads
-
-
-def _label_set(path: str, label_map: Any) -> str:
-    import numpy as np
-
-    from dlcr_cli.labels import guess_label_set
-
-    labels = label_set_of(path) or guess_label_set([set(np.unique(label_map).tolist())])
-    if labels not in ("lip", "atr"):
-        raise ItemError(f"cannot tell whether {path} holds LIP or ATR labels; set parsing_labels in the record")
-    return labels
 
 
 class VlmDescriber:

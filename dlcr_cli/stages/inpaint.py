@@ -26,7 +26,8 @@ from PIL import Image
 
 from dlcr_cli.console import log
 from dlcr_cli.errors import ItemError
-from dlcr_cli.io import load_label_map, load_rgb, mirrored, prefetch, save_atomic, write_text_atomic
+from dlcr_cli.io import (load_label_map, load_rgb, mirrored, parsing_labels_of, prefetch, save_atomic,
+                         write_text_atomic)
 from dlcr_cli.records import Record, rel_path
 from dlcr_cli.stages import Outcome
 
@@ -187,7 +188,7 @@ def read_source(record: Record, needs_parsing: bool) -> Source:
     parsing = load_label_map(record.parsing)
     if parsing.shape != mask.shape:
         raise ItemError(f"parsing map is {parsing.shape[1]}x{parsing.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}")
-    return Source(image, mask, parsing, record.parsing_labels or "lip")
+    return Source(image, mask, parsing, parsing_labels_of(record.parsing_labels, record.parsing, parsing))
 
 
 def paste_back(source: Source, painted: np.ndarray) -> np.ndarray:
@@ -205,8 +206,7 @@ class RecolorPainter:
     def paint(self, sources: list[Source], prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
         from dlcr_cli.recolor import recolour
 
-        return [recolour(s.image, s.parsing, s.labels, p, s.mask.astype(np.uint8) * 255)
-                for s, p in zip(sources, prompts)]
+        return [recolour(s.image, s.parsing, s.labels, p, s.mask) for s, p in zip(sources, prompts)]
 
 
 class DiffusionPainter:
