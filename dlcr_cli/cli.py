@@ -95,8 +95,12 @@ def root(
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps (setting: device).", show_default=False)] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
-    ctx.obj = AppState(config=config, device=device, verbosity=verbose - quiet)
-    setup_logging(verbose - quiet)
+    from dlcr_cli.distributed import current_shard
+
+    # Under a launcher only the main process logs and shows progress; the others say errors only.
+    verbosity = verbose - quiet if current_shard().is_main else min(verbose - quiet, -2)
+    ctx.obj = AppState(config=config, device=device, verbosity=verbosity)
+    setup_logging(verbosity)
 
 
 app.command("synth", no_args_is_help=True)(synth_cmd.synth)

@@ -15,9 +15,15 @@ R = TypeVar("R")
 
 
 def resolve_device(name: str) -> "torch.device":
-    """auto: CUDA if present, else Apple MPS, else CPU. An absent device is exit 69."""
+    """auto: CUDA if present, else Apple MPS, else CPU. An absent device is exit 69. Under a
+    launcher (accelerate launch, torchrun), `auto` and `cuda` mean this process's own GPU."""
     import torch
 
+    from dlcr_cli.distributed import current_shard
+
+    shard = current_shard()
+    if shard.active and name in ("auto", "cuda") and torch.cuda.is_available():
+        name = f"cuda:{shard.local_rank}"
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -12,6 +12,8 @@ from dlcr_cli.commands.common import FailFastOpt, InputArg, OverwriteOpt, emit, 
 from dlcr_cli.settings import DEFAULTS
 
 D = DEFAULTS.inpaint
+SHARD_FOLDER = ".dlcr-inpaint-shards"
+"""Inside --out: each process's records under a launcher, until the main process merges them."""
 
 
 class Backend(str, Enum):
@@ -72,13 +74,15 @@ def inpaint(
 
         dlcr inpaint prompted.jsonl --backend recolor --out gen-recolor --format strip
     """
+    from functools import partial
     from itertools import chain
 
-    from dlcr_cli.console import log
+    from dlcr_cli.console import log, progress
+    from dlcr_cli.distributed import current_shard, dealt, run_sharded
     from dlcr_cli.errors import InputMissing
     from dlcr_cli.records import read_records
-    from dlcr_cli.stages.inpaint import (make_painter, make_plan, prompt_table, read_prompt_file, run_inpaint,
-                                         select_sources)
+    from dlcr_cli.stages.inpaint import (chunk_plan, make_painter, make_plan, prompt_table, read_prompt_file,
+                                         run_inpaint, select_sources)
 
     split_list = [s.strip() for s in splits.split(",") if s.strip()] if splits is not None else None
     settings = state(ctx).resolve(inpaint=dict(
@@ -98,5 +102,15 @@ def inpaint(
         raise InputMissing("no clothing id has a prompt: run dlcr summarize first, or pass --prompts FILE")
     jobs, failed = make_plan(sources, table, variants=s.variants, seed=s.seed, out=out, fmt=s.format)
     painter = make_painter(settings)
-    outcomes = chain(failed, run_inpaint(jobs, painter, fmt=s.format, overwrite=overwrite, workers=s.workers))
-    emit(outcomes, "inpaint", fail_fast, total=len(jobs) + len(failed))
+    work = partial(run_inpaint, painter=painter, fmt=s.format, overwrite=overwrite, workers=s.workers)
+    shard = current_shard()
+    if not shard.active:
+        emit(chain(failed, work(jobs)), "inpaint", fail_fast, total=len(jobs) + len(failed))
+        return
+    chunks = chunk_plan(jobs, painter.batch_size)
+    mine = sum(len(chunk) for _, chunk in dealt(chunks, shard))
+    log.info("inpaint: process 1 of %d paints %d of %d images", shard.world, mine, len(jobs))
+    with progress(f"inpaint (process 1 of {shard.world})", mine) as bar:
+        merged = run_sharded(work, chunks, out / SHARD_FOLDER, shard, on_outcome=lambda _: bar.advance())
+    if merged is not None:
+        emit(chain(failed, merged), "inpaint", fail_fast, bar=False)

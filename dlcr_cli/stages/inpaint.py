@@ -200,8 +200,10 @@ class RecolorPainter:
     """Weight-free: each garment region recoloured to the target prompt's colour for it,
     keeping its shading (the paper's Figure 1 baseline)."""
 
-    batch_size = 64
     needs_parsing = True
+
+    def __init__(self, batch_size: int = 8) -> None:
+        self.batch_size = batch_size
 
     def paint(self, sources: list[Source], prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
         from dlcr_cli.recolor import recolour
@@ -284,7 +286,7 @@ def make_painter(settings: Any) -> Painter:
     """The painter the settings ask for (`settings`: dlcr_cli.settings.Settings)."""
     s = settings.inpaint
     if s.backend == "recolor":
-        return RecolorPainter()
+        return RecolorPainter(s.batch_size)
     from dlcr_cli.runtime import resolve_device, resolve_dtype
 
     device = resolve_device(settings.device)
@@ -296,6 +298,23 @@ def make_painter(settings: Any) -> Painter:
 
 
 # --- running the plan -----------------------------------------------------------------------
+
+
+def chunk_plan(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+    """The plan cut into runs of whole batches, each starting at a source's first variant:
+    the unit processes share under a launcher. Whole batches keep every batch's companions
+    (and so its pixels) those of a run in one process; whole sources keep a strip's tiles in
+    one process."""
+    chunks: list[list[Job]] = []
+    start = 0
+    for i in range(batch_size, len(jobs), batch_size):
+        if jobs[i].variant == 0:
+            chunks.append(jobs[start:i])
+            start = i
+    if start < len(jobs):
+        chunks.append(jobs[start:])
+    return chunks
+
 
 
 @dataclass
