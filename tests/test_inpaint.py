@@ -228,3 +228,31 @@ def test_recolor_needs_to_know_the_label_set(dlcr, small_prompted, tmp_path):
     assert run.code == 1
     assert {r["source"] for r in run.records} == {r["image"] for r in [noted, *records[2:]]}
     assert "plain.png holds LIP or ATR labels" in run.stderr
+
+
+@pytest.mark.parametrize("fmt", ["files", "strip"])
+def test_preview_shows_sources_masks_and_variants(dlcr, small_prompted, tmp_path, fmt):
+    sheet = tmp_path / "sheet.png"
+    run = dlcr("inpaint", small_prompted, "--out", tmp_path / "gen", "--backend", "recolor", "-k", "3",
+               "--format", fmt, "--preview", sheet)
+    assert run.code == 0, run.stderr
+    assert "contact sheet of 6 source images" in run.stderr
+    image = np.asarray(Image.open(sheet).convert("RGB"))
+    # 6 rows of 192-pixel tiles; 5 tiles (source, mask, 3 variants) of a 1:2 image side by side.
+    assert image.shape[0] > 6 * 192 and 5 * 96 <= image.shape[1] < 6 * 96 + 60
+    first = json.loads(small_prompted.read_text().splitlines()[0])
+    source = np.asarray(Image.open(first["image"]).convert("RGB").resize((96, 192)))
+    assert (np.abs(image[:, :96].astype(int) - source[None, :1, 48]).sum(-1) < 30).any()
+
+
+def test_preview_of_a_run_where_everything_failed(dlcr, small_prompted, tmp_path):
+    records = [json.loads(line) for line in small_prompted.read_text().splitlines()]
+    for record in records:
+        record["mask"] = str(tmp_path / "gone.png")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = dlcr("inpaint", bad, "--out", tmp_path / "gen", "--backend", "recolor", "-k", "2",
+               "--prompts", tmp_path / "prompts.json", "--preview", tmp_path / "sheet.png")
+    assert run.code == 1
+    assert "no contact sheet written" in run.stderr
+    assert not (tmp_path / "sheet.png").exists()

@@ -50,6 +50,7 @@ def inpaint(
     format: Annotated[Optional[Format], typer.Option("--format", help=f"files: <stem>_v<k>.png per variant; strip: the released format, one PNG of K tiles and a .txt per source.  \\[default: {D.format}]", show_default=False)] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="diffusion: torch.compile the UNet.  \\[default: no-compile]", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(help=f"Threads reading and writing images.  \\[default: {D.workers}]", show_default=False)] = None,
+    preview: Annotated[Optional[Path], typer.Option("--preview", help="Also write a contact sheet PNG: the first sources, their masks and variants with prompts.", dir_okay=False, show_default=False)] = None,
     overwrite: OverwriteOpt = False,
     fail_fast: FailFastOpt = False,
 ) -> None:
@@ -72,7 +73,10 @@ def inpaint(
 
         dlcr inpaint queries.jsonl --splits query --prompts prompts.json -k 4 --out qvar
 
-        dlcr inpaint prompted.jsonl --backend recolor --out gen-recolor --format strip
+        dlcr inpaint prompted.jsonl --backend recolor --out gen-recolor --format strip --preview sheet.png
+
+    Many GPUs: `accelerate launch -m dlcr_cli inpaint ...` (or torchrun); each process
+    paints its share into the same tree and the main process prints all records.
     """
     from functools import partial
     from itertools import chain
@@ -105,7 +109,10 @@ def inpaint(
     work = partial(run_inpaint, painter=painter, fmt=s.format, overwrite=overwrite, workers=s.workers)
     shard = current_shard()
     if not shard.active:
-        emit(chain(failed, work(jobs)), "inpaint", fail_fast, total=len(jobs) + len(failed))
+        try:
+            emit(chain(failed, work(jobs)), "inpaint", fail_fast, total=len(jobs) + len(failed))
+        finally:
+            _preview(jobs, s.format, preview)
         return
     chunks = chunk_plan(jobs, painter.batch_size)
     mine = sum(len(chunk) for _, chunk in dealt(chunks, shard))
@@ -113,4 +120,21 @@ def inpaint(
     with progress(f"inpaint (process 1 of {shard.world})", mine) as bar:
         merged = run_sharded(work, chunks, out / SHARD_FOLDER, shard, on_outcome=lambda _: bar.advance())
     if merged is not None:
-        emit(chain(failed, merged), "inpaint", fail_fast, bar=False)
+        try:
+            emit(chain(failed, merged), "inpaint", fail_fast, bar=False)
+        finally:
+            _preview(jobs, s.format, preview)
+
+
+def _preview(jobs: list, fmt: str, path: Path | None) -> None:
+    """The contact sheet, also after failed items (it shows what did work)."""
+    if path is None:
+        return
+    from dlcr_cli.console import log
+    from dlcr_cli.stages.inpaint import write_preview
+
+    rows = write_preview(jobs, fmt, path)
+    if rows:
+        log.info("inpaint: contact sheet of %d source images in %s", rows, path)
+    else:
+        log.warning("inpaint: no source image has all its variants yet; no contact sheet written")

@@ -411,3 +411,41 @@ def generated_record(job: Job) -> Record:
         prompt=job.prompt, variant=job.variant, seed=job.seed,
     )
     return Record.model_validate(data)
+
+
+# --- the contact sheet ----------------------------------------------------------------------
+
+
+def write_preview(jobs: list[Job], fmt: str, path: Path, sources: int = 6) -> int:
+    """A contact sheet of the first `sources` source images whose variants were all written:
+    source, mask (tinted) and each variant with its prompt. Returns how many rows it holds."""
+    from dlcr_cli.pictures import SheetRow, contact_sheet
+
+    rows = []
+    for rel, group in _by_source(jobs):
+        if len(rows) == sources:
+            break
+        try:
+            source = read_source(group[0].source, needs_parsing=False)
+            variants = _written_variants(group, fmt)
+        except (ItemError, OSError):
+            continue  # a failed source has no variants to show
+        rows.append(SheetRow(rel, source.image, source.mask, [(v, j.prompt) for v, j in zip(variants, group)]))
+    if rows:
+        save_atomic(contact_sheet(rows), path)
+    return len(rows)
+
+
+def _by_source(jobs: list[Job]) -> Iterator[tuple[str, list[Job]]]:
+    from itertools import groupby
+
+    for rel, group in groupby(jobs, key=lambda job: job.rel):
+        yield rel, list(group)
+
+
+def _written_variants(group: list[Job], fmt: str) -> list[np.ndarray]:
+    if fmt == "strip":
+        strip = np.asarray(load_rgb(group[0].out))
+        return np.split(strip, group[0].of, axis=1)
+    return [np.asarray(load_rgb(job.out)) for job in group]
+
