@@ -18,6 +18,7 @@ from dlcr_cli import __version__
 from dlcr_cli.commands import completion as completion_cmd
 from dlcr_cli.commands import config as config_cmd
 from dlcr_cli.commands import describe as describe_cmd
+from dlcr_cli.commands import expand as expand_cmd
 from dlcr_cli.commands import inpaint as inpaint_cmd
 from dlcr_cli.commands import mask as mask_cmd
 from dlcr_cli.commands import summarize as summarize_cmd
@@ -108,6 +109,7 @@ app.command("mask", no_args_is_help=True)(mask_cmd.mask)
 app.command("describe", no_args_is_help=True)(describe_cmd.describe)
 app.command("summarize", no_args_is_help=True)(summarize_cmd.summarize)
 app.command("inpaint", no_args_is_help=True)(inpaint_cmd.inpaint)
+app.command("expand", no_args_is_help=True)(expand_cmd.expand)
 app.command("config")(config_cmd.config)
 app.command("completion", no_args_is_help=True)(completion_cmd.completion)
 

@@ -28,6 +28,8 @@ def test_targets_are_distinct_never_own_and_reproducible():
     assert draw_targets(7, "train/a.png", "003_1", pool, 10) != draw_targets(8, "train/a.png", "003_1", pool, 10)
     assert draw_targets(0, "x", "000_1", pool[:3], 10) == draw_targets(0, "x", "000_1", pool[:3], 5)  # K lowered
     assert len(draw_targets(0, "x", "000_1", pool[:3], 10)) == 2
+    assert draw_targets(7, "train/a.png", "003_1", pool, 4) == draw_targets(7, "train/a.png", "003_1", pool, 10)[:4]
+    assert draw_targets(7, "train/a.png", "003_1", pool, 3) == ["012_1", "016_1", "008_1"]  # fixed, as the seeds
 
 
 def test_seeds_are_stable_across_processes():
@@ -256,3 +258,19 @@ def test_preview_of_a_run_where_everything_failed(dlcr, small_prompted, tmp_path
     assert run.code == 1
     assert "no contact sheet written" in run.stderr
     assert not (tmp_path / "sheet.png").exists()
+
+
+def test_outputs_of_other_settings_are_painted_again_not_skipped(dlcr, small_prompted, tmp_path):
+    def run(*args):
+        return dlcr("inpaint", small_prompted, "--out", tmp_path / "gen", "--backend", "recolor", "-k", "2",
+                    "--prompts", tmp_path / "prompts.json", *args)
+
+    first = run()
+    assert "12 done, 0 skipped" in first.stderr
+    assert "0 done, 12 skipped" in run().stderr
+    assert "12 done, 0 skipped" in run("--seed", "5").stderr  # other targets, same file names
+    assert "0 done, 12 skipped" in run("--seed", "5").stderr
+    broken = Path(first.records[0]["image"])
+    broken.write_bytes(broken.read_bytes()[:100])  # a file cut short counts as not done
+    assert "1 done, 11 skipped" in run("--seed", "5").stderr
+    assert "6 done, 12 skipped" in run("--seed", "5", "-k", "3").stderr  # a larger K keeps the first K's images

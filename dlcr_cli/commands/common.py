@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -11,7 +11,7 @@ import typer
 
 from dlcr_cli.console import log, progress
 from dlcr_cli.errors import ItemsFailed
-from dlcr_cli.records import write_record
+from dlcr_cli.records import Record, write_record
 from dlcr_cli.stages import Outcome
 
 if TYPE_CHECKING:
@@ -58,22 +58,41 @@ def emit(outcomes: Iterable[Outcome], verb: str, fail_fast: bool, total: int | N
     """Write each done record to stdout, log each failure with its path, and end with exit 1
     if any failed (at once with `fail_fast`). `bar`: show progress (off when the outcomes
     are ready at once); `skipped_means`: why a stage skips, for the closing line."""
-    done = skipped = failed = 0
+    tally = consume(outcomes, verb, fail_fast, write_record, total, bar, skipped_means)
+    tally.raise_if_failed()
+
+
+@dataclass
+class Tally:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+    def raise_if_failed(self) -> None:
+        if self.failed:
+            total = self.done + self.skipped + self.failed
+            raise ItemsFailed(f"{self.failed} of {total} items failed (see the messages above)")
+
+
+def consume(outcomes: Iterable[Outcome], verb: str, fail_fast: bool, sink: Callable[[Record], Any],
+            total: int | None = None, bar: bool = True, skipped_means: str = "outputs exist") -> Tally:
+    """`sink` each done or skipped record, log each failure with its path (stop at the first
+    with `fail_fast`), show progress, and log the counts at the end."""
+    tally = Tally()
     with progress(verb, total, enabled=bar) as bar_:
         for outcome in outcomes:
             bar_.advance()
             if outcome.error is not None:
-                failed += 1
+                tally.failed += 1
                 log.error("%s: %s", outcome.record.image, outcome.error)
                 if fail_fast:
                     raise ItemsFailed(f"stopped at the first failure (--fail-fast): {outcome.record.image}")
                 continue
-            skipped += outcome.skipped
-            done += not outcome.skipped
-            write_record(outcome.record)
-    log.info("%s: %d done, %d skipped (%s), %d failed", verb, done, skipped, skipped_means, failed)
-    if failed:
-        raise ItemsFailed(f"{failed} of {done + skipped + failed} items failed (see the messages above)")
+            tally.skipped += outcome.skipped
+            tally.done += not outcome.skipped
+            sink(outcome.record)
+    log.info("%s: %d done, %d skipped (%s), %d failed", verb, tally.done, tally.skipped, skipped_means, tally.failed)
+    return tally
 
 
 def parse_size(text: str, option: str) -> tuple[int, int]:

@@ -26,8 +26,7 @@ from PIL import Image
 
 from dlcr_cli.console import log
 from dlcr_cli.errors import ItemError
-from dlcr_cli.io import (load_label_map, load_rgb, mirrored, parsing_labels_of, prefetch, save_atomic,
-                         write_text_atomic)
+from dlcr_cli.io import load_label_map, load_rgb, mirrored, parsing_labels_of, prefetch, save_atomic, write_text_atomic
 from dlcr_cli.records import Record, rel_path
 from dlcr_cli.stages import Outcome
 
@@ -63,11 +62,12 @@ def stable_int(*parts: object) -> int:
 
 
 def draw_targets(seed: int, rel: str, own: str | None, pool: list[str], k: int) -> list[str]:
-    """K distinct clothing ids from `pool` (sorted), never `own`, reproducible per source."""
+    """K distinct clothing ids from `pool` (sorted), never `own`, reproducible per source.
+    The first of a random order of all candidates, so a smaller K draws a prefix of a larger
+    K's targets: raising K keeps every image made so far."""
     candidates = [c for c in pool if c != own]
-    rng = np.random.default_rng(stable_int("targets", seed, rel))
-    picks = rng.choice(len(candidates), size=min(k, len(candidates)), replace=False)
-    return [candidates[i] for i in picks]
+    order = np.random.default_rng(stable_int("targets", seed, rel)).permutation(len(candidates))
+    return [candidates[i] for i in order[:k]]
 
 
 def variant_seed(seed: int, rel: str, variant: int) -> int:
@@ -171,6 +171,8 @@ class Source:
 class Painter(Protocol):
     batch_size: int
     needs_parsing: bool
+    fingerprint: str
+    """Everything of the painter that changes its pixels (backend, model, size, steps...)."""
 
     def paint(self, sources: list[Source], prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
         """One H x W x 3 uint8 image per source, at the source's size (pasted back later)."""
@@ -201,6 +203,7 @@ class RecolorPainter:
     keeping its shading (the paper's Figure 1 baseline)."""
 
     needs_parsing = True
+    fingerprint = "recolor 1"
 
     def __init__(self, batch_size: int = 8) -> None:
         self.batch_size = batch_size
@@ -226,6 +229,7 @@ class DiffusionPainter:
         self.batch_size = batch_size
         self.height, self.width = size
         self.call = {"num_inference_steps": steps, "guidance_scale": guidance, "strength": strength}
+        self.fingerprint = f"diffusion {model_id} {size} {self.call} {scheduler} {dtype}"
         self.pipe = CACHE.get("inpainting", model_id, dtype=dtype, device=device, setting="inpaint.model",
                               offload_idle=offload_idle, load=partial(_load_pipeline, model_id, device, dtype))
         _set_scheduler(self.pipe, scheduler)
@@ -317,6 +321,37 @@ def chunk_plan(jobs: list[Job], batch_size: int) -> list[list[Job]]:
 
 
 
+MARK = "dlcr"
+"""The PNG text key of an output's mark: a hash of all that made its pixels. An existing
+output counts as done only with the mark its job would give it, so a run with another seed,
+prompt table, model or setting into the same folder paints again instead of skipping."""
+
+
+def output_marks(jobs: list[Job], fingerprint: str) -> dict[Path, str]:
+    """The mark of every output file (a strip's mark covers all its tiles)."""
+    marks: dict[Path, str] = {}
+    for job in jobs:
+        mark = format(stable_int(fingerprint, job.rel, job.variant, job.target, job.prompt, job.seed), "x")
+        marks[job.out] = format(stable_int(marks[job.out], mark), "x") if job.out in marks else mark
+    return marks
+
+
+def _has_mark(path: Path, mark: str) -> bool:
+    try:
+        with Image.open(path) as image:  # reads the header and text chunks, not the pixels
+            return image.text.get(MARK) == mark
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _save_marked(image: np.ndarray, path: Path, mark: str) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(MARK, mark)
+    save_atomic(Image.fromarray(image), path, pnginfo=info)
+
+
 @dataclass
 class Batch:
     jobs: list[Job]
@@ -330,9 +365,10 @@ def run_inpaint(jobs: list[Job], painter: Painter, *, fmt: str = "files", overwr
     """Generate, paste back and write every job; one outcome per generated image (or per
     source that failed), in plan order."""
     batches = [jobs[i:i + painter.batch_size] for i in range(0, len(jobs), painter.batch_size)]
-    writer = _StripWriter() if fmt == "strip" else None
+    marks = output_marks(jobs, painter.fingerprint)
+    writer = _StripWriter(marks) if fmt == "strip" else None
     failed: set[str] = set()
-    read = partial(_read_batch, overwrite=overwrite, needs_parsing=painter.needs_parsing)
+    read = partial(_read_batch, overwrite=overwrite, needs_parsing=painter.needs_parsing, marks=marks)
     with ThreadPoolExecutor(workers, thread_name_prefix="dlcr-write") as pool:
         for future in prefetch(read, batches, workers=min(workers, 2), depth=2):
             batch = future.result()
@@ -343,11 +379,11 @@ def run_inpaint(jobs: list[Job], painter: Painter, *, fmt: str = "files", overwr
                     else:
                         yield Outcome(generated_record(job), skipped=True)
                 continue
-            yield from _paint_batch(batch, painter, pool, writer, failed)
+            yield from _paint_batch(batch, painter, pool, writer, failed, marks)
 
 
-def _read_batch(jobs: list[Job], overwrite: bool, needs_parsing: bool) -> Batch:
-    batch = Batch(jobs, [not overwrite and job.out.is_file() for job in jobs])
+def _read_batch(jobs: list[Job], overwrite: bool, needs_parsing: bool, marks: dict[Path, str]) -> Batch:
+    batch = Batch(jobs, [not overwrite and _has_mark(job.out, marks[job.out]) for job in jobs])
     if all(batch.done):
         return batch
     for job in jobs:
@@ -360,11 +396,11 @@ def _read_batch(jobs: list[Job], overwrite: bool, needs_parsing: bool) -> Batch:
 
 
 def _paint_batch(batch: Batch, painter: Painter, pool: ThreadPoolExecutor, writer: _StripWriter | None,
-                 failed: set[str]) -> Iterator[Outcome]:
+                 failed: set[str], marks: dict[Path, str]) -> Iterator[Outcome]:
     todo = [job for job in batch.jobs if isinstance(batch.sources[job.rel], Source)]
     painted = painter.paint([batch.sources[j.rel] for j in todo], [j.prompt for j in todo], [j.seed for j in todo])
     results = {id(job): paste_back(batch.sources[job.rel], image) for job, image in zip(todo, painted)}
-    writes = {id(job): pool.submit(save_atomic, Image.fromarray(results[id(job)]), job.out)
+    writes = {id(job): pool.submit(_save_marked, results[id(job)], job.out, marks[job.out])
               for job, done in zip(batch.jobs, batch.done) if writer is None and not done and id(job) in results}
     for job, done in zip(batch.jobs, batch.done):
         problem = batch.sources[job.rel]
@@ -384,7 +420,8 @@ class _StripWriter:
     """The released format: one PNG per source with its variants side by side, and a .txt with
     one prompt per line; written when the source's last variant is painted."""
 
-    def __init__(self) -> None:
+    def __init__(self, marks: dict[Path, str]) -> None:
+        self.marks = marks
         self.tiles: dict[str, dict[int, np.ndarray | None]] = {}
         self.jobs: dict[str, list[Job]] = {}
 
@@ -396,8 +433,8 @@ class _StripWriter:
         tiles, jobs = self.tiles.pop(job.rel), sorted(self.jobs.pop(job.rel), key=lambda j: j.variant)
         if not done:
             strip = np.concatenate([tiles[k] for k in range(job.of)], axis=1)
-            save_atomic(Image.fromarray(strip), job.out)
             write_text_atomic("".join(j.prompt + "\n" for j in jobs), job.out.with_suffix(".txt"))
+            _save_marked(strip, job.out, self.marks[job.out])  # last: the mark says the .txt is there
         yield from (Outcome(generated_record(j), skipped=done) for j in jobs)
 
 

@@ -1,0 +1,272 @@
+"""expand: all of stage 1 in one process (mask, describe, summarize, inpaint), resumable.
+
+The stages run one after the other on the source records (those of `inpaint.splits`: the
+images that get variants; other splits need no mask nor description). Models come from the
+process-wide cache, so each loads once; when a later model needs GPU memory, the cache moves
+the idle earlier ones to the CPU.
+
+Every stage's records are kept in DIR/records/<stage>.jsonl, with a key of the stage's input
+records and settings beside them. A run started again over the same DIR takes a finished
+stage's records as they are, carries a crashed stage's finished records over (so describe
+does not ask the model again), and redoes a stage whose input or settings changed. Masks
+and generated images are files that the stages skip when they exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dlcr_cli.console import log
+from dlcr_cli.records import Record, record_json
+from dlcr_cli.stages import Outcome
+
+Consume = Callable[..., Any]
+"""dlcr_cli.commands.common.consume: drains outcomes into a sink, logs, returns a Tally."""
+
+
+@dataclass
+class Checkpoint:
+    """A stage's records in `folder/<stage>.jsonl` (a `.part` while the stage runs), each
+    line with the hash of the input record it came from, and the key of the run beside them:
+    the hash of the stage's settings and of all its input records."""
+
+    folder: Path
+    stage: str
+    settings: str
+    inputs: str
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"{self.stage}.jsonl"
+
+    @property
+    def part(self) -> Path:
+        return self.folder / f"{self.stage}.jsonl.part"
+
+    @property
+    def key_path(self) -> Path:
+        return self.folder / f"{self.stage}.key"
+
+    def _recorded(self) -> dict[str, str]:
+        try:
+            return json.loads(self.key_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def settings_changed(self) -> bool:
+        """The stage ran before with other settings: its outputs must be redone, not skipped."""
+        recorded = self._recorded().get("settings")
+        return recorded is not None and recorded != self.settings
+
+    def finished(self) -> list[Record] | None:
+        """The records of a finished run with the same settings and input."""
+        if self._recorded() != {"settings": self.settings, "inputs": self.inputs} or not self.path.is_file():
+            return None
+        return [record for _, record in _read(self.path)]
+
+    def memo(self) -> dict[str, Record]:
+        """input hash -> output record, from earlier runs with the same settings (finished,
+        interrupted or partly failed): items whose input is unchanged are not done again."""
+        if self._recorded().get("settings") != self.settings:
+            return {}
+        lines = [line for path in (self.path, self.part) if path.is_file() for line in _read(path)]
+        return {h: record for h, record in lines if h is not None}
+
+    @contextmanager
+    def writing(self, hash_of_image: dict[str, str]) -> Iterator[Callable[[Record], None]]:
+        """A sink for the stage's records, into the part file (`finish` makes it final)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.key_path.write_text(json.dumps({"settings": self.settings, "inputs": self.inputs}))
+        with self.part.open("w", encoding="utf-8") as out:
+
+            def sink(record: Record) -> None:
+                out.write(json.dumps({"in": hash_of_image.get(record.image)}) + "\t" + record_json(record) + "\n")
+                out.flush()
+
+            yield sink
+
+    def finish(self) -> None:
+        os.replace(self.part, self.path)
+
+
+def _read(path: Path) -> list[tuple[str | None, Record]]:
+    """(input hash, record) per complete line; a crash can cut the last line, and a line that
+    does not parse ends the reading there (what follows it is done again)."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        head, tab, body = line.partition("\t")
+        if not (tab and line.endswith("\n")):
+            break
+        try:
+            lines.append((json.loads(head)["in"], Record.model_validate_json(body)))
+        except (ValueError, KeyError, TypeError):
+            break
+    return lines
+
+
+def hash_of(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\x1f")
+    return digest.hexdigest()
+
+
+NOT_IN_OUTPUTS = {"workers", "batch_size", "compile"}
+"""Settings that change how fast a stage runs, not what it writes: changing them redoes nothing."""
+
+
+@dataclass
+class StageRun:
+    """One stage of expand: its records (done and skipped, in order) and its failures."""
+
+    records: list[Record]
+    failed: int
+
+
+def run_stage(name: str, records: list[Record], settings: Any, folder: Path, overwrite: bool, consume: Consume,
+              work: Callable[[list[Record], bool], Iterable[Outcome]], *key_extra: object,
+              sink: Callable[[Record], None] | None = None, marked_outputs: bool = False,
+              **consume_args: Any) -> StageRun:
+    """Run `work(records, overwrite)`, or take its result from an earlier run's checkpoint.
+    `marked_outputs`: the stage itself tells outputs made with other settings (inpaint's
+    marks), so changed settings need not redo everything."""
+    input_hashes = [hash_of(record_json(record)) for record in records]
+    outputs_depend_on = settings.model_dump(mode="json", exclude=NOT_IN_OUTPUTS)
+    settings_key = hash_of(json.dumps(outputs_depend_on, sort_keys=True), *map(str, key_extra))
+    checkpoint = Checkpoint(folder, name, settings_key, hash_of(*input_hashes))
+    finished = None if overwrite else checkpoint.finished()
+    if finished is not None:
+        log.info("%s: finished in an earlier run: %d records from %s", name, len(finished), checkpoint.path)
+        for record in finished:
+            if sink is not None:
+                sink(record)
+        return StageRun(finished, 0)
+    if checkpoint.settings_changed() and not (overwrite or marked_outputs):
+        log.info("%s: settings changed since the last run: redoing its outputs", name)
+        overwrite = True
+    memo = {} if overwrite else checkpoint.memo()
+    inputs = [memo.get(h, record) for h, record in zip(input_hashes, records)]
+    if carried := sum(h in memo for h in input_hashes):
+        log.info("%s: %d records carried over from an earlier run", name, carried)
+    kept: list[Record] = []
+
+    def keep(record: Record) -> None:
+        kept.append(record)
+        write(record)
+        if sink is not None:
+            sink(record)
+
+    hash_of_image = {record.image: h for h, record in zip(input_hashes, records)}
+    with checkpoint.writing(hash_of_image) as write:
+        tally = consume(work(inputs, overwrite), name, sink=keep, **consume_args)
+    if not tally.failed:
+        checkpoint.finish()  # with failures it stays a part: the next run retries them
+    return StageRun(kept, tally.failed)
+
+
+def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | None, overwrite: bool,
+               fail_fast: bool) -> None:
+    """Mask, describe, summarize and inpaint the source records of `input` into `out`, the
+    generated records to stdout; exit 1 at the end if any item of any stage failed."""
+    from dlcr_cli.commands.common import Tally, consume
+    from dlcr_cli.errors import InputMissing
+    from dlcr_cli.records import read_records, write_record
+    from dlcr_cli.stages.inpaint import prompt_table, read_prompt_file, select_sources
+
+    records = list(read_records(input))  # input errors come before any model is loaded
+    sources, others = select_sources(records, settings.inpaint.splits)
+    if not sources:
+        raise InputMissing(f"no source records of split {','.join(settings.inpaint.splits)} in {input}")
+    if others:
+        log.info("expand: %d records of other splits than %s are left alone", others, ",".join(settings.inpaint.splits))
+    stage = _StageRunner(out / "records", overwrite, consume, fail_fast)
+    masked = stage("mask", sources, settings.mask, partial_work(_mask, settings, out), out)
+    table_file = read_prompt_file(prompts_file) if prompts_file else None
+    prompted = masked
+    if table_file is None:
+        described = stage("describe", masked, settings.describe, partial_work(_describe, settings),
+                          skipped_means="described already")
+        prompted = stage("summarize", described, settings.summarize, partial_work(_summarize, settings),
+                         bar=False, skipped_means="prompt kept")
+    table = prompt_table(prompted, table_file)
+    _write_prompts(table, out / "prompts.json")
+    if not table:
+        raise InputMissing("no clothing id has a prompt (see the messages above), nothing to inpaint")
+    jobs: list = []
+    stage("inpaint", prompted, settings.inpaint, partial_work(_inpaint, settings, out, table, jobs),
+          out, sink=write_record, marked_outputs=True)
+    _preview(jobs, settings.inpaint.format, out / "preview.png")
+    Tally(failed=stage.failed, done=stage.done).raise_if_failed()
+
+
+def partial_work(fn: Callable[..., Iterable[Outcome]], *args: Any) -> Callable[[list[Record], bool], Iterable[Outcome]]:
+    """The stage's work over its input records, built (models loaded) only when it runs."""
+    return lambda records, overwrite: fn(records, overwrite, *args)
+
+
+class _StageRunner:
+    def __init__(self, folder: Path, overwrite: bool, consume: Consume, fail_fast: bool) -> None:
+        self.folder, self.overwrite, self.consume, self.fail_fast = folder, overwrite, consume, fail_fast
+        self.failed = self.done = 0
+
+    def __call__(self, name: str, records: list[Record], settings: Any, work: Callable, *key_extra: object,
+                 **options: Any) -> list[Record]:
+        result = run_stage(name, records, settings, self.folder, self.overwrite, self.consume, work, *key_extra,
+                           fail_fast=self.fail_fast, total=len(records), **options)
+        self.failed += result.failed
+        self.done += len(result.records)
+        return result.records
+
+
+def _mask(records: list[Record], overwrite: bool, settings: Any, out: Path) -> Iterable[Outcome]:
+    from dlcr_cli.stages.mask import MaskJob, make_parser, run_mask
+
+    m = settings.mask
+    return run_mask(records, make_parser(settings), MaskJob(out, m.keep, m.dilation, overwrite, m.workers))
+
+
+def _describe(records: list[Record], overwrite: bool, settings: Any) -> Iterable[Outcome]:
+    from dlcr_cli.stages.describe import make_describer, run_describe
+
+    return run_describe(records, make_describer(settings), overwrite=overwrite, workers=settings.describe.workers)
+
+
+def _summarize(records: list[Record], overwrite: bool, settings: Any) -> Iterable[Outcome]:
+    from dlcr_cli.stages.summarize import make_summarizer, run_summarize
+
+    _, outcomes = run_summarize(records, make_summarizer(settings), overwrite=overwrite)
+    return outcomes
+
+
+def _inpaint(records: list[Record], overwrite: bool, settings: Any, out: Path, table: dict[str, str],
+             jobs: list) -> Iterable[Outcome]:
+    from itertools import chain
+
+    from dlcr_cli.stages.inpaint import make_painter, make_plan, run_inpaint
+
+    s = settings.inpaint
+    planned, failed = make_plan(records, table, variants=s.variants, seed=s.seed, out=out / "generated", fmt=s.format)
+    jobs.extend(planned)
+    return chain(failed, run_inpaint(planned, make_painter(settings), fmt=s.format, overwrite=overwrite,
+                                     workers=s.workers))
+
+
+def _write_prompts(table: dict[str, str], path: Path) -> None:
+    from dlcr_cli.io import write_text_atomic
+
+    write_text_atomic(json.dumps(table, indent=2, ensure_ascii=False) + "\n", path)
+
+
+def _preview(jobs: list, fmt: str, path: Path) -> None:
+    from dlcr_cli.stages.inpaint import write_preview
+
+    if jobs and write_preview(jobs, fmt, path):
+        log.info("expand: contact sheet in %s", path)

@@ -1,0 +1,122 @@
+"""dlcr expand: all of stage 1 in one process, resumable from its work folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dlcr_cli.cache import CACHE
+
+
+def weight_free(dlcr, data: Path, out: Path, *args, parsing: Path | None = None):
+    parsing = parsing or data / "parsing"
+    return dlcr("expand", data, "--out", out, "--weight-free", "--parsing-dir", parsing, "-k", "3", *args)
+
+
+def test_weight_free_expand_writes_every_stage_and_the_generated_records(dlcr, synth_data, tmp_path):
+    run = weight_free(dlcr, synth_data, tmp_path / "w")
+    assert run.code == 0, run.stderr
+    train = [p for p in (synth_data / "train").rglob("*.png")]
+    assert len(run.records) == 3 * len(train)
+    assert all(Path(r["image"]).is_file() and r["target_clothes"] != r["clothes"] for r in run.records)
+    assert {r["split"] for r in run.records} == {"train"}  # query and gallery images are no sources
+    for stage in ("mask", "describe", "summarize", "inpaint"):
+        assert len((tmp_path / "w/records" / f"{stage}.jsonl").read_text().splitlines()) == len(
+            train) * (3 if stage == "inpaint" else 1)
+    prompts = json.loads((tmp_path / "w/prompts.json").read_text())
+    assert set(prompts) == {r["clothes"] for r in run.records}
+    assert (tmp_path / "w/preview.png").is_file() and (tmp_path / "w/masks").is_dir()
+
+    again = weight_free(dlcr, synth_data, tmp_path / "w")
+    assert again.code == 0
+    assert again.stderr.count("finished in an earlier run") == 4
+    assert again.stdout == run.stdout
+
+
+def test_a_changed_setting_redoes_only_the_stages_it_affects(dlcr, synth_data, tmp_path):
+    first = weight_free(dlcr, synth_data, tmp_path / "w")
+    assert first.code == 0
+    run = dlcr("expand", synth_data, "--out", tmp_path / "w", "--weight-free", "--parsing-dir",
+               synth_data / "parsing", "-k", "2")
+    assert run.code == 0, run.stderr
+    assert run.stderr.count("finished in an earlier run") == 3
+    train = len(list((synth_data / "train").rglob("*.png")))
+    # K = 2 draws the first two of the three targets: those images exist and are kept.
+    assert f"inpaint: 0 done, {2 * train} skipped" in run.stderr and len(run.records) == 2 * train
+
+    run = dlcr("expand", synth_data, "--out", tmp_path / "w", "--weight-free", "--parsing-dir",
+               synth_data / "parsing", "-k", "2", "--set", "inpaint.seed=7", "--set", "describe.workers=1")
+    assert run.stderr.count("finished in an earlier run") == 3  # workers change no output
+    assert f"inpaint: {2 * train} done, 0 skipped" in run.stderr
+    assert {r["seed"] for r in run.records}.isdisjoint(r["seed"] for r in first.records)
+
+
+def test_an_interrupted_stage_carries_its_finished_records_over(dlcr, synth_data, tmp_path):
+    assert weight_free(dlcr, synth_data, tmp_path / "w").code == 0
+    records = tmp_path / "w/records"
+    lines = (records / "describe.jsonl").read_text().splitlines()
+    (records / "describe.jsonl.part").write_text("\n".join(lines[:5]) + "\n" + lines[5][:40])  # cut mid-line
+    for name in ("describe.jsonl", "summarize.jsonl", "inpaint.jsonl"):
+        (records / name).unlink()
+    run = weight_free(dlcr, synth_data, tmp_path / "w")
+    assert run.code == 0, run.stderr
+    assert "describe: 5 records carried over" in run.stderr
+    assert f"describe: {len(lines) - 5} done, 5 skipped" in run.stderr
+    assert "inpaint: 0 done" in run.stderr  # the images exist: skipped, not painted again
+    assert len((records / "describe.jsonl").read_text().splitlines()) == len(lines)
+
+
+def test_a_failed_item_is_retried_by_the_next_run(dlcr, synth_data, tmp_path):
+    from dlcr_cli.records import read_records, record_json
+
+    records = list(read_records(str(synth_data)))
+    late = next(r for r in records if r.split == "train")
+    original, late.image = late.image, str(tmp_path / "not-yet.png")  # rel still finds its parsing map
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(record_json(r) + "\n" for r in records))
+    first = weight_free(dlcr, data, tmp_path / "w", parsing=synth_data / "parsing")
+    assert first.code == 1 and "not-yet.png" in first.stderr
+    assert (tmp_path / "w/records/mask.jsonl.part").is_file() and not (tmp_path / "w/records/mask.jsonl").exists()
+    (tmp_path / "not-yet.png").write_bytes(Path(original).read_bytes())
+    second = weight_free(dlcr, data, tmp_path / "w", parsing=synth_data / "parsing")
+    assert second.code == 0, second.stderr
+    assert "mask: 1 done" in second.stderr
+    assert len(second.records) == len(first.records) + 3
+
+
+def test_prompts_file_skips_describe_and_summarize(dlcr, synth_data, tmp_path):
+    table = tmp_path / "prompts.json"
+    table.write_text(json.dumps({"x_1": "red shirt blue pants", "x_2": "green dress"}))
+    run = weight_free(dlcr, synth_data, tmp_path / "w", "--prompts", table, "--set", 'inpaint.splits=["query"]')
+    assert run.code == 0, run.stderr
+    assert "describe" not in run.stderr and "summarize" not in run.stderr
+    assert {r["split"] for r in run.records} == {"query"}
+    assert {r["prompt"] for r in run.records} == set(json.loads(table.read_text()).values())
+
+
+@pytest.mark.parametrize("assignment, code, message", [
+    ("inpaint.steps", 2, "SECTION.KEY=VALUE"),
+    ("steps=3", 2, "SECTION.KEY=VALUE"),
+    ("inpaint.stepz=3", 2, "inpaint.stepz: no such setting"),
+    ("inpaint.steps=-1", 2, "inpaint.steps"),
+])
+def test_bad_set_options(dlcr, synth_data, tmp_path, assignment, code, message):
+    run = weight_free(dlcr, synth_data, tmp_path / "w", "--set", assignment)
+    assert run.code == code and message in run.stderr, run.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_model_backends_each_load_once(dlcr, synth_data, tiny_segformer, tiny_llama, tiny_inpaint, tmp_path):
+    # Random weights answer noise: colours describe (from the random parsing maps), the
+    # random LLM's answers fall back to a vote over them, so every clothing id gets a prompt.
+    CACHE.clear()
+    args = ["--set", f'mask.model="{tiny_segformer}"', "--set", "describe.backend=colors",
+            "--set", f'summarize.model="{tiny_llama}"', "--set", "summarize.max_new_tokens=8",
+            "--set", f'inpaint.model="{tiny_inpaint}"', "--set", "inpaint.size=[64, 32]", "--set", "inpaint.steps=2",
+            "-k", "2"]
+    run = dlcr("--device", "cpu", "expand", synth_data, "--out", tmp_path / "w", *args)
+    assert run.code == 0, run.stderr
+    assert CACHE.loads == 3
+    assert len(run.records) == 2 * len(list((synth_data / "train").rglob("*.png")))
