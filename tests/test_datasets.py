@@ -9,6 +9,7 @@ import pytest
 from dlcr_cli.errors import InputMissing, MalformedInput
 from dlcr_cli.reid.datasets import (
     LAYOUTS,
+    ccvid,
     deepchange,
     detect_layout,
     known_layouts_text,
@@ -260,6 +261,81 @@ def test_deepchange_malformed_line_and_name(tmp_path):
         list(deepchange.scan(tmp_path))
 
 
+# --- CCVID ------------------------------------------------------------------------------
+
+CCVID_LISTS = {
+    "train.txt": "session1/001_01\t001\tu1_l1_s1_c1_b1\nsession3/002_05 002 u2_l1_s1_c1_b1\n",
+    "query.txt": "session2/010_03 010 u1_l1_s1_c1_b1\n\n",
+    "gallery.txt": "session1/010_07 010 u3_l2_s1_c1_b1\n",
+}
+
+
+def make_ccvid(root: Path, lists: dict | None = None) -> None:
+    lists = lists or CCVID_LISTS
+    for name, text in lists.items():
+        root.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+        for line in filter(str.strip, text.splitlines()):
+            touch(root, *(f"{line.split()[0]}/{frame:05d}.jpg" for frame in (2, 1)))
+
+
+def test_ccvid_records_one_per_frame_with_tracklet(tmp_path):
+    make_ccvid(tmp_path / "CCVID")
+    assert detect_layout(tmp_path) == (ccvid, tmp_path / "CCVID")
+    records = list(ccvid.scan(tmp_path / "CCVID"))
+    assert fields(records, "rel", "pid", "camid", "clothes", "split", "tracklet") == [
+        ("session1/001_01/00001.jpg", 1, 1, "001_u1_l1_s1_c1_b1", "train", "session1/001_01"),
+        ("session1/001_01/00002.jpg", 1, 1, "001_u1_l1_s1_c1_b1", "train", "session1/001_01"),
+        ("session3/002_05/00001.jpg", 2, 17, "002_u2_l1_s1_c1_b1", "train", "session3/002_05"),  # session 3: +12
+        ("session3/002_05/00002.jpg", 2, 17, "002_u2_l1_s1_c1_b1", "train", "session3/002_05"),
+        ("session2/010_03/00001.jpg", 10, 3, "010_u1_l1_s1_c1_b1", "query", "session2/010_03"),
+        ("session2/010_03/00002.jpg", 10, 3, "010_u1_l1_s1_c1_b1", "query", "session2/010_03"),
+        ("session1/010_07/00001.jpg", 10, 7, "010_u3_l2_s1_c1_b1", "gallery", "session1/010_07"),
+        ("session1/010_07/00002.jpg", 10, 7, "010_u3_l2_s1_c1_b1", "gallery", "session1/010_07"),
+    ]
+    assert records[0].dataset == "ccvid"
+
+
+@pytest.mark.parametrize("line, complaint", [
+    ("session1/001_01 001", "expected"),
+    ("session1/001_01 abc u1", "expected"),
+    ("session1/001 001 u1", "does not fit"),
+    ("../001_01 001 u1", "does not fit"),
+])
+def test_ccvid_malformed_line_names_list_and_line(tmp_path, line, complaint):
+    make_ccvid(tmp_path)
+    (tmp_path / "query.txt").write_text("session2/010_03 010 u1\n" + line + "\n")
+    with pytest.raises(MalformedInput, match=rf"query\.txt:2: .*{complaint}"):
+        list(ccvid.scan(tmp_path))
+
+
+def test_ccvid_missing_or_empty_tracklet_folder(tmp_path):
+    make_ccvid(tmp_path)
+    (tmp_path / "gallery.txt").write_text("session1/010_07 010 u3\nsession1/099_01 099 u1\n")
+    with pytest.raises(InputMissing, match=r"gallery\.txt:2: .*099_01 not found"):
+        list(ccvid.scan(tmp_path))
+    (tmp_path / "session1/099_01").mkdir()
+    with pytest.raises(InputMissing, match="no frames"):
+        list(ccvid.scan(tmp_path))
+
+
+# --- names come from base names, never from parent folders ------------------------------
+
+@pytest.mark.parametrize("make, parent, rel, expected", [
+    (lambda root: touch(root, *VC_FILES), "0009-04-09-09", "query/0100-02-01-01.jpg", (100, 2, "0100_01")),
+    (lambda root: touch(root, *LAST_FILES), "000777_1_1_9", "test/query/000900_1_7_0.jpg", (900, 0, "000900_0")),
+    (lambda root: touch(root, *(f[4:] for f in PRCC_FILES if f.startswith("rgb/"))), "C_042",
+     "train/001/A_cropped_rgb001.jpg", (1, 0, "001_AB")),
+    (make_ccvid, "session3_005_09", "session2/010_03/00001.jpg", (10, 3, "010_u1_l1_s1_c1_b1")),
+])
+def test_parent_folders_named_like_files_do_not_change_parsing(tmp_path, make, parent, rel, expected):
+    root = tmp_path / parent
+    make(root)
+    layout, base = detect_layout(root)
+    rec = by_rel(layout.scan(base))[rel]
+    assert (rec.pid, rec.camid, rec.clothes) == expected
+
+
 # --- registry ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -312,4 +388,4 @@ def test_known_layouts_text_lists_every_layout_on_one_line():
     assert "\n" not in text
     for layout in LAYOUTS:
         assert layout.DESCRIPTION in text
-    assert [layout.NAME for layout in LAYOUTS] == ["prcc", "ltcc", "vcclothes", "last", "deepchange"]
+    assert [layout.NAME for layout in LAYOUTS] == ["prcc", "ltcc", "vcclothes", "last", "deepchange", "ccvid"]

@@ -3,6 +3,10 @@
 Each layout module has `NAME`, `DESCRIPTION` (one line, for error messages),
 `detect(root) -> base | None` (cheap: folder names and at most one file name) and
 `scan(base) -> Iterator[Record]` (every image of every split, in sorted order).
+
+Malformed names: every layout raises MalformedInput naming the file (or the list file and
+line, for DeepChange and CCVID) rather than skipping it, since a silently dropped image
+changes the evaluation protocol unnoticed.
 """
 
 from __future__ import annotations
@@ -10,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from dlcr_cli.reid.datasets import deepchange, last, ltcc, prcc, vcclothes
+from dlcr_cli.reid.datasets import ccvid, deepchange, last, ltcc, prcc, vcclothes
 
 # PRCC before LaST: both have train/val/test, told apart by test/A vs test/query.
-LAYOUTS: tuple[ModuleType, ...] = (prcc, ltcc, vcclothes, last, deepchange)
+# CCVID last: it is told by its list files only, so folder layouts win.
+LAYOUTS: tuple[ModuleType, ...] = (prcc, ltcc, vcclothes, last, deepchange, ccvid)
 
 # A folder holding one of these is a dataset even if no layout recognises it.
 _TELLING_FOLDERS = frozenset({
