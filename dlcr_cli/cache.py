@@ -68,7 +68,9 @@ class ModelCache:
         return list(self._entries)
 
     def clear(self) -> None:
+        """Forget every entry and restart the load count."""
         self._entries.clear()
+        self.loads = 0
 
     def offload_idle(self, device: str, keep: Key | None = None) -> int:
         """Move every entry on `device` but `keep` to the CPU; returns how many moved."""
