@@ -15,6 +15,7 @@ import typer
 from typer.core import TyperGroup
 
 from dlcr_cli import __version__
+from dlcr_cli.commands import bench as bench_cmd
 from dlcr_cli.commands import completion as completion_cmd
 from dlcr_cli.commands import config as config_cmd
 from dlcr_cli.commands import describe as describe_cmd
@@ -110,6 +111,7 @@ app.command("describe", no_args_is_help=True)(describe_cmd.describe)
 app.command("summarize", no_args_is_help=True)(summarize_cmd.summarize)
 app.command("inpaint", no_args_is_help=True)(inpaint_cmd.inpaint)
 app.command("expand", no_args_is_help=True)(expand_cmd.expand)
+app.add_typer(bench_cmd.app, name="bench")
 app.command("config")(config_cmd.config)
 app.command("completion", no_args_is_help=True)(completion_cmd.completion)
 

@@ -220,32 +220,8 @@ def _clip_tokenizer():
 def build_tiny_inpaint(path: Path) -> Path:
     """Save a tiny Stable-Diffusion inpainting pipeline (9-channel UNet, two-block VAE, CLIP
     text encoder, PNDM scheduler, no safety checker) to `path`, loadable with
-    `AutoPipelineForInpainting.from_pretrained(path)`; returns `path`."""
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    `AutoPipelineForInpainting.from_pretrained(path)`; returns `path`. The architecture lives
+    in `dlcr_cli.bench.inpaint` (arch "tiny"), next to the full-size one `dlcr bench` times."""
+    from dlcr_cli.bench.inpaint import build_inpaint_pipeline
 
-    path = Path(path)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=9, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-    )
-    tokenizer = _clip_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
-        layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
-    ))
-    pipe = StableDiffusionInpaintPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-        scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path, safe_serialization=True)
-    return path
+    return build_inpaint_pipeline(Path(path), arch="tiny")

@@ -1,0 +1,142 @@
+"""dlcr bench inpaint: the tiny run end to end on CPU, the SD-1.5 configs on the meta device,
+the FLOP counting, and the no-GPU error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dlcr_cli.bench import count_flops, cuda_timer, matmul_peak_flops, peak_memory_gb
+from dlcr_cli.bench.inpaint import (
+    NEEDS_CUDA,
+    SD15,
+    TINY,
+    clip_tokenizer,
+    unet_calls,
+    unet_flops,
+)
+
+SMALL = ("--arch", "tiny", "--images", "5", "--batch-size", "5", "--steps", "1", "--size", "16x8")
+
+
+@pytest.fixture
+def run_bench(dlcr):
+    """`dlcr bench ...` through the real app (its registration, error handling and state)."""
+    return lambda *args: dlcr("bench", *args)
+
+
+def test_tiny_run_end_to_end(run_bench, tmp_path):
+    result = run_bench("inpaint", *SMALL, "--dpm", "--json", "--work-dir", tmp_path)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= {"device", "arch", "settings", "rows", "speedup"}
+    assert report["arch"] == "tiny" and report["device"].startswith("cpu")
+    assert report["settings"]["size"] == [16, 8] and report["settings"]["scheduler"] == "PNDMScheduler"
+    names = [row["name"] for row in report["rows"]]
+    assert names[0].startswith("(a) reference") and names[1].startswith("(b) dlcr") and "other quality" in names[2]
+    for row in report["rows"]:
+        assert set(row) == {"name", "images", "seconds", "images_per_s", "peak_mem_gb", "unet_share_of_peak"}
+        assert row["images"] == 5 and row["seconds"] > 0 and row["images_per_s"] > 0
+        assert row["peak_mem_gb"] is None and row["unet_share_of_peak"] is None  # no GPU: no invented numbers
+    assert report["speedup"] > 0 and report["peak_bf16_tflops"] is None and report["unet_gflop_per_forward"] > 0
+    assert "no GPU" in result.stderr and "dlcr / reference" in result.stderr
+    for row in ("reference", "dlcr", "dlcr-dpm"):  # every row wrote its images, pasted back
+        written = sorted((tmp_path / "out" / row).rglob("*.png"))
+        assert len(written) == 5
+        image = np.asarray(Image.open(written[0]))
+        assert image.shape == (128, 64, 3)
+    # the dpm row's scheduler was put back on the pipeline the model cache shares
+    from dlcr_cli.cache import CACHE
+
+    pipe = CACHE.get("inpainting", str(tmp_path / "model-tiny"), dtype=torch.float32, device=torch.device("cpu"),
+                     load=lambda: pytest.fail("the pipeline should be cached"), setting="inpaint.model")
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+
+
+def test_sd15_without_a_gpu_is_unavailable(run_bench, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = run_bench("inpaint", "--work-dir", tmp_path)
+    assert result.code == 69
+    assert NEEDS_CUDA in result.stderr
+    assert not any(tmp_path.iterdir())  # refused before building anything
+
+
+def test_bad_size_is_a_usage_error(run_bench, tmp_path):
+    result = run_bench("inpaint", "--arch", "tiny", "--size", "30x16", "--work-dir", tmp_path)
+    assert result.code == 2
+    assert "multiples of 8" in result.stderr
+
+
+def _params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_sd15_architecture_is_sd15_inpainting():
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):  # shapes only: no 4 GB of weights
+        unet = UNet2DConditionModel(**SD15.unet)
+        vae = AutoencoderKL(**SD15.vae)
+        text = CLIPTextModel(CLIPTextConfig(**SD15.text))
+    assert _params(unet) == pytest.approx(859.54e6, rel=0.005)
+    assert _params(vae) == pytest.approx(83.65e6, rel=0.005)
+    assert _params(text) == pytest.approx(123.06e6, rel=0.005)
+    assert unet.config.in_channels == 9 and unet.config.cross_attention_dim == 768
+    assert vae.config.scaling_factor == 0.18215 and 2 ** (len(vae.config.block_out_channels) - 1) == 8
+    assert text.config.hidden_act == "quick_gelu" and text.config.vocab_size == 49408
+    assert len(clip_tokenizer()) <= text.config.vocab_size  # every token id has an embedding row
+    assert SD15.scheduler["beta_schedule"] == "scaled_linear" and SD15.scheduler["skip_prk_steps"]
+
+
+def test_sd15_unet_flops_at_the_paper_size():
+    # NOTES.md: about 600 GFLOP per forward at 96x32 latents (768x256 images); guidance doubles it
+    one = unet_flops(SD15.unet, (96, 32), batch=1)
+    assert 550e9 < one < 650e9
+    assert unet_flops(SD15.unet, (96, 32), batch=2) == 2 * one
+
+
+def test_flop_counter_counts_and_doubles_with_the_batch():
+    x, w = torch.zeros(8, 16), torch.zeros(32, 16)
+    assert count_flops(lambda: torch.nn.functional.linear(x, w)) == 2 * 8 * 16 * 32
+    one = unet_flops(TINY.unet, (16, 8), batch=1, text_len=77)
+    assert one > 0 and unet_flops(TINY.unet, (16, 8), batch=2) == 2 * one
+
+
+def test_unet_calls_per_image():
+    from diffusers import DPMSolverMultistepScheduler, PNDMScheduler
+
+    pndm = PNDMScheduler(**SD15.scheduler)
+    assert unet_calls(pndm, 50, 1.0) == 51  # PNDM without PRK repeats its first step
+    assert unet_calls(pndm, 50, 0.5) == 26
+    assert unet_calls(DPMSolverMultistepScheduler.from_config(pndm.config), 25, 1.0) == 25
+
+
+def test_gpu_numbers_are_none_on_cpu():
+    cpu = torch.device("cpu")
+    assert matmul_peak_flops(cpu) is None and peak_memory_gb(cpu) is None
+    with cuda_timer(cpu) as timing:
+        sum(range(1000))
+    assert timing.seconds > 0
+
+
+def test_help_imports_no_heavy_modules():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from dlcr_cli.cli import app\n"
+        "result = CliRunner().invoke(app, ['bench', 'inpaint', '--help'])\n"
+        "assert result.exit_code == 0 and '--batch-size' in result.stdout, result.output\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    root = Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
