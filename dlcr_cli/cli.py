@@ -19,6 +19,7 @@ from dlcr_cli.commands import bench as bench_cmd
 from dlcr_cli.commands import completion as completion_cmd
 from dlcr_cli.commands import config as config_cmd
 from dlcr_cli.commands import describe as describe_cmd
+from dlcr_cli.commands import evaluate as evaluate_cmd
 from dlcr_cli.commands import expand as expand_cmd
 from dlcr_cli.commands import inpaint as inpaint_cmd
 from dlcr_cli.commands import mask as mask_cmd
@@ -111,6 +112,7 @@ app.command("describe", no_args_is_help=True)(describe_cmd.describe)
 app.command("summarize", no_args_is_help=True)(summarize_cmd.summarize)
 app.command("inpaint", no_args_is_help=True)(inpaint_cmd.inpaint)
 app.command("expand", no_args_is_help=True)(expand_cmd.expand)
+app.command("evaluate", no_args_is_help=True)(evaluate_cmd.evaluate)
 app.add_typer(bench_cmd.app, name="bench")
 app.command("config")(config_cmd.config)
 app.command("completion", no_args_is_help=True)(completion_cmd.completion)

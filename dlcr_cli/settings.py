@@ -163,6 +163,34 @@ class InpaintSettings(Section):
         return value
 
 
+class EvaluateSettings(Section):
+    """`dlcr evaluate`: features of a re-id model and the dataset's protocol."""
+
+    image_size: tuple[int, int] | None = None
+    """Height and width the model sees; unset: the checkpoint's (its training size), else 384x192."""
+    batch_size: int = Field(128, gt=0)
+    """Images per forward pass while extracting features."""
+    workers: int = Field(4, gt=0)
+    """Threads that read and resize images while the model runs."""
+    flip: bool = True
+    """Add the embedding of the mirrored image (the reference does)."""
+    amp: bool = False
+    """bfloat16 autocast on CUDA: faster; features differ from float32 in the last bits."""
+    rerank: bool = False
+    """k-reciprocal re-ranking (Zhong et al. 2017) of each setting's distances."""
+    k1: int = Field(20, gt=0)
+    k2: int = Field(6, gt=0)
+    lambda_value: float = Field(0.3, ge=0, le=1)
+    """Weight of the original distance in the re-ranked one."""
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and any(v <= 0 for v in value):
+            raise ValueError(f"height and width must be positive, got {value[0]}x{value[1]}")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything dlcr can be told, by option, environment or config file."""
 
@@ -177,6 +205,7 @@ class Settings(BaseSettings):
     describe: DescribeSettings = Field(default_factory=DescribeSettings)
     summarize: SummarizeSettings = Field(default_factory=SummarizeSettings)
     inpaint: InpaintSettings = Field(default_factory=InpaintSettings)
+    evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, **_other):

@@ -140,3 +140,53 @@ def test_help_imports_no_heavy_modules():
     root = Path(__file__).parent.parent
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr
+
+
+# --- dlcr bench evaluate ------------------------------------------------------------------------
+
+EVAL_SMALL = ("--queries", "60", "--gallery", "900", "--dim", "16", "--ids", "30")
+
+
+def test_evaluate_bench_runs_both_side_by_side_and_they_agree(run_bench):
+    result = run_bench("evaluate", *EVAL_SMALL, "--modes", "standard,cc,sc", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = [row["name"] for row in report["rows"]]
+    assert names[0].startswith("(a) reference") and names[1].startswith("(b) dlcr")
+    assert report["agree"] is True and report["max_abs_diff"] <= 1e-6 and report["speedup"] > 0
+    assert report["settings"]["queries"] == 60 and report["settings"]["modes"] == ["standard", "cc", "sc"]
+    for row in report["rows"]:
+        assert row["seconds"] > 0 and row["peak_rss_gb"] >= 0 and row["peak_gpu_gb"] is None
+        assert set(row["scores"]) == {"standard", "cc", "sc"}
+        assert 0 < row["scores"]["standard"]["mAP"] < 1  # neither trivial nor hopeless
+    assert report["rows"][0]["scores"] == report["rows"][1]["scores"]
+    assert "metrics agree" in result.stderr
+
+
+def test_evaluate_bench_without_the_reference(run_bench):
+    result = run_bench("evaluate", *EVAL_SMALL, "--no-reference", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["rows"]) == 1 and report["speedup"] is None and report["agree"] is None
+
+
+def test_evaluate_bench_refuses_a_reference_that_cannot_fit(run_bench, monkeypatch):
+    from dlcr_cli.bench import evaluate as bench_evaluate
+
+    monkeypatch.setattr(bench_evaluate, "available_bytes", lambda: 2**30)
+    result = run_bench("evaluate", "--json")  # MSMT17's size needs ~10.7 GiB for the matrix and argsort
+    assert result.code == 69 and "--no-reference" in result.stderr and result.stdout == ""
+
+
+def test_evaluate_bench_bad_modes(run_bench):
+    result = run_bench("evaluate", *EVAL_SMALL, "--modes", "standard,bogus")
+    assert result.code == 2 and "--modes" in result.stderr
+
+
+def test_peak_rss_sees_an_allocation_inside_the_block():
+    from dlcr_cli.bench.evaluate import peak_rss
+
+    with peak_rss() as peak:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        del block
+    assert peak.bytes >= 48 * 2**20

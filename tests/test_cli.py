@@ -32,7 +32,7 @@ def probe(argv: list[str], env: dict | None = None) -> tuple[str, str, float]:
 
 
 def test_help_imports_nothing_heavy_and_is_fast():
-    commands = ("mask", "describe", "summarize", "inpaint", "config")
+    commands = ("mask", "describe", "summarize", "inpaint", "expand", "evaluate", "config", "bench")
     for argv in (["dlcr", "--help"], *(["dlcr", command, "--help"] for command in commands)):
         out, heavy, seconds = probe(argv)
         assert "Usage" in out

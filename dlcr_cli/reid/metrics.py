@@ -96,7 +96,7 @@ def _check_mode(mode: str) -> None:
 # Reference: the per-query loop as the field writes it.
 
 
-def _reference_masks(mode: str, same_pid: np.ndarray, same_cam: np.ndarray, same_clothes: np.ndarray):
+def good_and_junk(mode: str, same_pid: np.ndarray, same_cam: np.ndarray, same_clothes: np.ndarray):
     """good and junk (removed) gallery masks, the protocol's rules written out as in CAL."""
     good = same_pid & ~same_cam
     junk = same_pid & same_cam
@@ -123,7 +123,7 @@ def evaluate_reference(distmat: np.ndarray, query: Labels, gallery: Labels, mode
         same_pid = gallery.pids[ranked] == query.pids[i]
         same_cam = gallery.camids[ranked] == query.camids[i]
         same_clothes = gallery.clothes[ranked] == query.clothes[i]
-        good, junk = _reference_masks(mode, same_pid, same_cam, same_clothes)
+        good, junk = good_and_junk(mode, same_pid, same_cam, same_clothes)
         hits = good[~junk]  # junk removed before positions are counted
         if not hits.any():
             skipped += 1

@@ -1,0 +1,253 @@
+"""Query and gallery features with their labels and settings: extracted from a model, saved to
+and read from `.npz` files.
+
+A feature file (`dlcr evaluate --save-features`, or written by any code) is an `.npz` holding
+
+    query_feats, gallery_feats          N x D float
+    query_pids, gallery_pids            N integers
+    query_camids, gallery_camids        N integers
+    query_clothes, gallery_clothes      N integers
+
+and, when dlcr wrote it, also `query_paths`, `gallery_paths` (the images, for retrieval
+strips), `protocol`, and the protocol's settings (`setting_names`, `setting_modes`,
+`setting_<i>_query`, `setting_<i>_gallery`: indices into the arrays), so a saved file is
+evaluated exactly as its dataset was (PRCC's camera subsets included). It is read with
+`allow_pickle=False`: a file never runs code.
+
+Video data (CCVID): frame features are averaged per tracklet and normalised again, so the
+query and gallery entries are tracklets, labelled by their first frame.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dlcr_cli.errors import InputMissing, MalformedInput
+from dlcr_cli.reid.data import MODES, EvalSetting, ReidData, Sample, tracklet_groups
+from dlcr_cli.reid.metrics import Labels
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_IMAGE_SIZE = (384, 192)
+"""Height and width of the reference's test transform, for checkpoints that do not say theirs."""
+
+SIDES = ("query", "gallery")
+LABEL_KEYS = ("pids", "camids", "clothes")
+REQUIRED = tuple(f"{side}_{key}" for side in SIDES for key in ("feats", *LABEL_KEYS))
+
+
+@dataclass
+class FeatureSet:
+    """Features and labels of both sides, and the settings that evaluate them."""
+
+    query: np.ndarray
+    gallery: np.ndarray
+    query_labels: Labels
+    gallery_labels: Labels
+    settings: list[EvalSetting]
+    protocol: str = "features"
+    query_paths: list[str] | None = None
+    gallery_paths: list[str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return int(self.query.shape[1])
+
+    def paths(self, side: str) -> list[str] | None:
+        return self.query_paths if side == "query" else self.gallery_paths
+
+
+def settings_over_all(n_query: int, n_gallery: int, modes: Sequence[str] = MODES) -> list[EvalSetting]:
+    """One setting per mode over every query and gallery entry (what a bare feature file gets)."""
+    q, g = np.arange(n_query, dtype=np.int64), np.arange(n_gallery, dtype=np.int64)
+    return [EvalSetting(mode, mode, q, g) for mode in modes]
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def save_features(features: FeatureSet, path: Path) -> Path:
+    """Write `features` to `path` (an .npz) atomically: a reader never sees half a file."""
+    arrays: dict[str, np.ndarray] = {"query_feats": features.query.astype(np.float32),
+                                     "gallery_feats": features.gallery.astype(np.float32)}
+    for side, labels in (("query", features.query_labels), ("gallery", features.gallery_labels)):
+        for key in LABEL_KEYS:
+            arrays[f"{side}_{key}"] = getattr(labels, key)
+        paths = features.paths(side)
+        if paths is not None:
+            arrays[f"{side}_paths"] = np.array(paths, dtype=str)
+    arrays["protocol"] = np.array(features.protocol)
+    arrays["setting_names"] = np.array([s.name for s in features.settings], dtype=str)
+    arrays["setting_modes"] = np.array([s.mode for s in features.settings], dtype=str)
+    for i, setting in enumerate(features.settings):
+        arrays[f"setting_{i}_query"], arrays[f"setting_{i}_gallery"] = setting.query, setting.gallery
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_features(path: Path) -> FeatureSet:
+    """The feature file at `path`; a missing file is exit 66, anything malformed exit 65 with
+    the file and the key at fault."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputMissing(f"feature file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise MalformedInput(f"{path}: not a readable .npz feature file ({_reason(err)})") from None
+    missing = [key for key in REQUIRED if key not in arrays]
+    if missing:
+        raise MalformedInput(f"{path}: no {', '.join(missing)} (a feature file holds {', '.join(REQUIRED)})")
+    sides = {side: _side(path, arrays, side) for side in SIDES}
+    (qf, ql, qp), (gf, gl, gp) = sides["query"], sides["gallery"]
+    if qf.shape[1] != gf.shape[1]:
+        raise MalformedInput(f"{path}: query features are {qf.shape[1]}-d, gallery features {gf.shape[1]}-d")
+    settings = _stored_settings(path, arrays, len(qf), len(gf))
+    protocol = str(arrays["protocol"]) if "protocol" in arrays else "features"
+    return FeatureSet(qf, gf, ql, gl, settings or settings_over_all(len(qf), len(gf)), protocol, qp, gp)
+
+
+def _reason(err: BaseException) -> str:
+    return " ".join(str(err).split())[:160] or type(err).__name__
+
+
+def _side(path: Path, arrays: dict[str, np.ndarray], side: str) -> tuple[np.ndarray, Labels, list[str] | None]:
+    feats = arrays[f"{side}_feats"]
+    if feats.ndim != 2 or not np.issubdtype(feats.dtype, np.number) or np.issubdtype(feats.dtype, np.complexfloating):
+        raise MalformedInput(f"{path}: {side}_feats must be an N x D array of numbers, got {feats.dtype} "
+                             f"of shape {feats.shape}")
+    if not np.isfinite(feats).all():
+        raise MalformedInput(f"{path}: {side}_feats holds NaN or infinite values")
+    labels = []
+    for key in LABEL_KEYS:
+        values = arrays[f"{side}_{key}"]
+        if values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+            raise MalformedInput(f"{path}: {side}_{key} must be a 1-d integer array, got {values.dtype} "
+                                 f"of shape {values.shape}")
+        if len(values) != len(feats):
+            raise MalformedInput(f"{path}: {side}_{key} has {len(values)} entries, {side}_feats {len(feats)} rows")
+        labels.append(values)
+    paths = arrays.get(f"{side}_paths")
+    if paths is not None and len(paths) != len(feats):
+        raise MalformedInput(f"{path}: {side}_paths has {len(paths)} entries, {side}_feats {len(feats)} rows")
+    return feats.astype(np.float32, copy=False), Labels(*labels), None if paths is None else [str(p) for p in paths]
+
+
+def _stored_settings(path: Path, arrays: dict[str, np.ndarray], n_query: int, n_gallery: int) -> list[EvalSetting]:
+    if "setting_names" not in arrays:
+        return []
+    names, modes = arrays["setting_names"], arrays.get("setting_modes")
+    if modes is None or len(modes) != len(names):
+        raise MalformedInput(f"{path}: setting_modes must name one mode per entry of setting_names")
+    settings = []
+    for i, (name, mode) in enumerate(zip(names, modes)):
+        if str(mode) not in MODES:
+            raise MalformedInput(f"{path}: setting {name}: mode {str(mode)!r} is not one of {', '.join(MODES)}")
+        idx = []
+        for side, size in (("query", n_query), ("gallery", n_gallery)):
+            key = f"setting_{i}_{side}"
+            values = arrays.get(key)
+            if values is None or values.ndim != 1 or not np.issubdtype(values.dtype, np.integer):
+                raise MalformedInput(f"{path}: {key} must be a 1-d integer array of {side} indices")
+            if len(values) and (values.min() < 0 or values.max() >= size):
+                raise MalformedInput(f"{path}: {key} holds indices outside 0..{size - 1}")
+            idx.append(values.astype(np.int64))
+        settings.append(EvalSetting(str(name), str(mode), *idx))
+    return settings
+
+
+# --- extraction ---------------------------------------------------------------------------
+
+
+def extract_features(model: torch.nn.Module, data: ReidData, *, size: tuple[int, int], batch_size: int = 128,
+                     workers: int = 4, flip: bool = True, amp: bool = False) -> FeatureSet:
+    """Features of every query and gallery image of `data` (embedding of the image plus its
+    mirror image, L2-normalised), batched on the model's device while threads read and resize
+    the next images; tracklets averaged for video data.
+
+    An image that cannot be read ends the run with its path: metrics over part of a gallery
+    are not the protocol's numbers.
+    """
+    from dlcr_cli.console import progress
+    from dlcr_cli.reid.model import extract_features as embed
+
+    samples = data.query + data.gallery
+    with progress("features", len(samples)) as bar:
+        feats = embed(model, _batches(samples, size, batch_size, workers, bar), flip=flip, amp=amp).numpy()
+    query, gallery = feats[: len(data.query)], feats[len(data.query):]
+    features = FeatureSet(query, gallery, _labels(data.query), _labels(data.gallery), list(data.settings),
+                          data.name, [s.path for s in data.query], [s.path for s in data.gallery])
+    return pool_tracklets(features, data.query, data.gallery) if data.video else features
+
+
+def _labels(samples: Sequence[Sample]) -> Labels:
+    return Labels(*(np.array([getattr(s, key) for s in samples], dtype=np.int64) for key in ("pid", "camid", "clothes")))
+
+
+def _batches(samples: Sequence[Sample], size: tuple[int, int], batch_size: int, workers: int,
+             bar: Any) -> Iterator[torch.Tensor]:
+    from dlcr_cli.io import prefetch
+
+    groups = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+    for future in prefetch(lambda group: _load_batch(group, size), groups, workers, depth=max(2, workers)):
+        batch = future.result()
+        yield batch
+        bar.advance(len(batch))
+
+
+def _load_batch(samples: Sequence[Sample], size: tuple[int, int]) -> torch.Tensor:
+    import torch
+
+    from dlcr_cli.reid.transforms import load_image, test_transform
+
+    transform = test_transform(size)
+    return torch.stack([transform(_read(sample.path, load_image)) for sample in samples])
+
+
+def _read(path: str, load: Any) -> Any:
+    from PIL import UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise InputMissing(f"image not found: {path}")
+    try:
+        return load(path)
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise MalformedInput(f"{path}: unreadable image ({_reason(err)})") from None
+
+
+def pool_tracklets(features: FeatureSet, query: Sequence[Sample], gallery: Sequence[Sample]) -> FeatureSet:
+    """Frames -> tracklets: the mean of each tracklet's frame features, L2-normalised, labelled
+    and located by its first frame; settings move from frame to tracklet indices."""
+    pooled = {}
+    for side, samples, feats in (("query", query, features.query), ("gallery", gallery, features.gallery)):
+        groups = tracklet_groups(samples)
+        owner = np.empty(len(samples), dtype=np.int64)
+        for t, group in enumerate(groups):
+            owner[group] = t
+        mean = np.stack([feats[g].mean(0) for g in groups]) if groups else np.zeros((0, feats.shape[1]), np.float32)
+        norm = np.linalg.norm(mean, axis=1, keepdims=True)
+        firsts = [samples[g[0]] for g in groups]
+        pooled[side] = (mean / np.maximum(norm, 1e-12), _labels(firsts), [s.path for s in firsts], owner)
+    (qf, ql, qp, qo), (gf, gl, gp, go) = pooled["query"], pooled["gallery"]
+    settings = [EvalSetting(s.name, s.mode, np.unique(qo[s.query]), np.unique(go[s.gallery])) for s in features.settings]
+    return FeatureSet(qf.astype(np.float32), gf.astype(np.float32), ql, gl, settings, features.protocol, qp, gp)
