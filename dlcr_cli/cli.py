@@ -23,8 +23,10 @@ from dlcr_cli.commands import evaluate as evaluate_cmd
 from dlcr_cli.commands import expand as expand_cmd
 from dlcr_cli.commands import inpaint as inpaint_cmd
 from dlcr_cli.commands import mask as mask_cmd
+from dlcr_cli.commands import refine as refine_cmd
 from dlcr_cli.commands import summarize as summarize_cmd
 from dlcr_cli.commands import synth as synth_cmd
+from dlcr_cli.commands import train as train_cmd
 from dlcr_cli.commands.common import AppState
 from dlcr_cli.console import error_line, setup_logging
 from dlcr_cli.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, DlcrError
@@ -112,7 +114,9 @@ app.command("describe", no_args_is_help=True)(describe_cmd.describe)
 app.command("summarize", no_args_is_help=True)(summarize_cmd.summarize)
 app.command("inpaint", no_args_is_help=True)(inpaint_cmd.inpaint)
 app.command("expand", no_args_is_help=True)(expand_cmd.expand)
+app.command("train", no_args_is_help=True)(train_cmd.train)
 app.command("evaluate", no_args_is_help=True)(evaluate_cmd.evaluate)
+app.command("refine", no_args_is_help=True)(refine_cmd.refine)
 app.add_typer(bench_cmd.app, name="bench")
 app.command("config")(config_cmd.config)
 app.command("completion", no_args_is_help=True)(completion_cmd.completion)

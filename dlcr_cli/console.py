@@ -81,3 +81,8 @@ class Bar:
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
             self._bar.advance(self._task, n)
+
+    def describe(self, text: str) -> None:
+        """Replace the bar's description (e.g. with the running loss)."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)

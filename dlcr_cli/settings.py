@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from dlcr_cli import labels
@@ -191,6 +191,80 @@ class EvaluateSettings(Section):
         return value
 
 
+class TrainSettings(Section):
+    """`dlcr train`: CAL on real (+ generated) images (SPEC "train"). Unset values take the
+    dataset's reference defaults (LaST: triplet weight 1, 16 ids x 4; DeepChange: 16 ids x 4)."""
+
+    backbone: str = "microsoft/resnet-50"
+    """A transformers vision backbone (hub id or folder), or builtin:small (random init, no weights)."""
+    loss: Literal["cal", "ce"] = "cal"
+    """cal: identity + clothes classifier + CAL loss; ce: the plain identity baseline."""
+    image_size: tuple[int, int] = (384, 192)
+    epochs: int = Field(60, gt=0)
+    ids_per_batch: int | None = Field(None, gt=0)
+    """P of the PK sampler (unset: 8, LaST and DeepChange 16)."""
+    images_per_id: int | None = Field(None, gt=0)
+    """K of the PK sampler (unset: 8, LaST and DeepChange 4)."""
+    lr: float = Field(3.5e-4, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    milestones: list[int] = Field(default_factory=lambda: [20, 40])
+    """Epochs after which the learning rate is multiplied by gamma."""
+    gamma: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    clothes_start: int = Field(25, ge=0)
+    """Epoch (0-based) from which the clothes classifier learns and the CAL loss counts."""
+    cal_scale: float = Field(16.0, gt=0)
+    cal_epsilon: float = Field(0.1, ge=0, lt=1)
+    triplet_weight: float | None = Field(None, ge=0)
+    """Weight of the batch-hard triplet loss (unset: 0, LaST 1)."""
+    triplet_margin: float = Field(0.3, ge=0)
+    progressive: bool = True
+    """Progressive learning: only the first fraction of each image's variants is drawn from early on."""
+    progressive_epochs: list[int] = Field(default_factory=lambda: [5, 10, 15])
+    """Completed-epoch thresholds e: fraction i applies while e <= progressive_epochs[i]."""
+    progressive_fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    """Visible fraction of the variants per stage; one more than the thresholds (the last: after them)."""
+    seed: int = Field(0, ge=0)
+    workers: int = Field(4, ge=0)
+    """DataLoader worker processes reading and augmenting images (0: in the main process)."""
+    amp: bool = True
+    """bfloat16 autocast on CUDA (float32 elsewhere)."""
+    channels_last: bool = True
+    """channels_last memory format on CUDA."""
+    eval_every: int = Field(0, ge=0)
+    """Evaluate on query/gallery every N epochs (0: only after the last epoch)."""
+
+    @field_validator("progressive_fractions")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < v <= 1 for v in value):
+            raise ValueError("fractions must be in (0, 1]")
+        return value
+
+    @field_validator("milestones", "progressive_epochs")
+    @classmethod
+    def _ascending(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(value, value[1:])) or any(v < 0 for v in value):
+            raise ValueError("must be ascending non-negative epochs")
+        return value
+
+    @model_validator(mode="after")
+    def _one_more_fraction_than_thresholds(self) -> TrainSettings:
+        if len(self.progressive_fractions) != len(self.progressive_epochs) + 1:
+            raise ValueError(f"progressive_fractions needs {len(self.progressive_epochs) + 1} values (one more than "
+                             f"progressive_epochs), got {len(self.progressive_fractions)}")
+        return self
+
+
+class RefineSettings(Section):
+    """`dlcr refine`: test-time prediction refinement with clothes-changed query variants."""
+
+    variants: int = Field(4, gt=0)
+    """K: generated variants per query used (the first K, in variant order; the paper: 4)."""
+    top: int = Field(5, gt=0)
+    """Size of each ranking's top list whose persons are re-scored (the paper: 5)."""
+
+
 class Settings(BaseSettings):
     """Everything dlcr can be told, by option, environment or config file."""
 
@@ -205,7 +279,9 @@ class Settings(BaseSettings):
     describe: DescribeSettings = Field(default_factory=DescribeSettings)
     summarize: SummarizeSettings = Field(default_factory=SummarizeSettings)
     inpaint: InpaintSettings = Field(default_factory=InpaintSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
+    refine: RefineSettings = Field(default_factory=RefineSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, **_other):

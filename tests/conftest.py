@@ -138,6 +138,13 @@ def tiny_inpaint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_resnet(tmp_path_factory) -> Path:
+    from tiny_models import build_tiny_resnet
+
+    return build_tiny_resnet(tmp_path_factory.mktemp("tiny-resnet"))
+
+
+@pytest.fixture(scope="session")
 def synth_prompted(synth_described, tmp_path_factory) -> Path:
     """The small synthetic dataset's records with masks, descriptions and vote prompts (JSONL)."""
     from typer.testing import CliRunner

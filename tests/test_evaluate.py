@@ -11,7 +11,7 @@ from PIL import Image
 
 from dlcr_cli.reid.data import EvalSetting, Sample
 from dlcr_cli.reid.features import FeatureSet, load_features, pool_tracklets, save_features, settings_over_all
-from dlcr_cli.reid.metrics import Labels, cosine_distances, evaluate_reference
+from dlcr_cli.reid.metrics import Labels, evaluate_reference
 
 
 def unit(angles) -> np.ndarray:

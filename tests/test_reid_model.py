@@ -24,22 +24,6 @@ from dlcr_cli.reid.model import (
 )
 
 
-def _tiny_resnet(path: Path) -> Path:
-    """A bottleneck ResNet with an image-classification head, saved like microsoft/resnet-50."""
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
-                          layer_type="bottleneck", num_labels=3)
-    torch.manual_seed(0)
-    ResNetForImageClassification(config).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_resnet(tmp_path_factory) -> Path:
-    return _tiny_resnet(tmp_path_factory.mktemp("tiny-resnet"))
-
-
 @pytest.fixture(scope="module")
 def tiny_convnext(tmp_path_factory) -> Path:
     from transformers import ConvNextConfig, ConvNextModel

@@ -225,3 +225,15 @@ def build_tiny_inpaint(path: Path) -> Path:
     from dlcr_cli.bench.inpaint import build_inpaint_pipeline
 
     return build_inpaint_pipeline(Path(path), arch="tiny")
+
+
+def build_tiny_resnet(path: Path) -> Path:
+    """A bottleneck ResNet with an image-classification head, saved like microsoft/resnet-50."""
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                          layer_type="bottleneck", num_labels=3)
+    torch.manual_seed(0)
+    ResNetForImageClassification(config).save_pretrained(path)
+    return path

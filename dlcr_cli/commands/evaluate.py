@@ -95,22 +95,12 @@ def evaluate(
 
 
 def _extract(dataset: str | None, checkpoint: Path | None, s, device, variant: str | None, protocol: str | None):
-    from dlcr_cli.console import log
     from dlcr_cli.errors import UsageError
-    from dlcr_cli.reid.data import load_reid_data
-    from dlcr_cli.reid.features import DEFAULT_IMAGE_SIZE, extract_features
-    from dlcr_cli.reid.model import load_checkpoint, read_model_json
+    from dlcr_cli.reid.evaluate import extract_with_checkpoint
 
     if dataset is None or checkpoint is None:
         raise UsageError("evaluate needs a DATASET and --checkpoint RUN, or --features FILE")
-    data = load_reid_data(dataset, variant=variant, protocol=protocol)  # input errors before the model loads
-    data.require("query", "gallery")
-    log.info("evaluate: %s", data.summary())
-    size = s.image_size or tuple(read_model_json(checkpoint).get("config", {}).get("image_size") or DEFAULT_IMAGE_SIZE)
-    model = load_checkpoint(checkpoint, device)
-    log.info("evaluate: features of %d images at %dx%d on %s", len(data.query) + len(data.gallery), *size, device)
-    return extract_features(model, data, size=(int(size[0]), int(size[1])), batch_size=s.batch_size,
-                            workers=s.workers, flip=s.flip, amp=s.amp)
+    return extract_with_checkpoint(dataset, checkpoint, s, device, variant=variant, protocol=protocol).features
 
 
 def _save(feature_set, path: Path) -> None:

@@ -39,6 +39,38 @@ class SettingResult:
     """Query index (within the setting) -> its first TOP gallery indices (within the setting), for strips."""
 
 
+@dataclass
+class Extracted:
+    """A dataset's features under a checkpoint, with what made them (refine needs the model)."""
+
+    data: Any
+    model: Any
+    size: tuple[int, int]
+    features: FeatureSet
+
+
+def extract_with_checkpoint(dataset: str, checkpoint: Path, s: Any, device: Any, *, variant: str | None = None,
+                            protocol: str | None = None) -> Extracted:
+    """Load the dataset (its errors come before the model's), the checkpoint, and extract the
+    query and gallery features at `s.image_size`, else the checkpoint's, else 384x192."""
+    from dlcr_cli.console import log
+    from dlcr_cli.reid.data import load_reid_data
+    from dlcr_cli.reid.features import DEFAULT_IMAGE_SIZE, extract_features
+    from dlcr_cli.reid.model import load_checkpoint, read_model_json
+
+    data = load_reid_data(dataset, variant=variant, protocol=protocol)
+    data.require("query", "gallery")
+    log.info("evaluate: %s", data.summary())
+    saved = read_model_json(checkpoint).get("config", {}).get("image_size")
+    height, width = s.image_size or saved or DEFAULT_IMAGE_SIZE
+    size = (int(height), int(width))
+    model = load_checkpoint(checkpoint, device)
+    log.info("evaluate: features of %d images at %dx%d on %s", len(data.query) + len(data.gallery), *size, device)
+    features = extract_features(model, data, size=size, batch_size=s.batch_size, workers=s.workers, flip=s.flip,
+                                amp=s.amp)
+    return Extracted(data, model, size, features)
+
+
 def select_settings(features: FeatureSet, wanted: Sequence[str] | None) -> list[EvalSetting]:
     """The settings named in `wanted` (None or "all": every one), in the protocol's order."""
     if not wanted or "all" in wanted:

@@ -32,6 +32,7 @@ import numpy as np
 
 from dlcr_cli.errors import InputMissing, MalformedInput
 from dlcr_cli.reid.data import MODES, EvalSetting, ReidData, Sample, tracklet_groups
+from dlcr_cli.reid.generated import Variant
 from dlcr_cli.reid.metrics import Labels
 
 if TYPE_CHECKING:
@@ -188,51 +189,67 @@ def extract_features(model: torch.nn.Module, data: ReidData, *, size: tuple[int,
     An image that cannot be read ends the run with its path: metrics over part of a gallery
     are not the protocol's numbers.
     """
-    from dlcr_cli.console import progress
-    from dlcr_cli.reid.model import extract_features as embed
-
     samples = data.query + data.gallery
-    with progress("features", len(samples)) as bar:
-        feats = embed(model, _batches(samples, size, batch_size, workers, bar), flip=flip, amp=amp).numpy()
+    feats = embed_images(model, [s.path for s in samples], size=size, batch_size=batch_size, workers=workers,
+                         flip=flip, amp=amp)
     query, gallery = feats[: len(data.query)], feats[len(data.query):]
     features = FeatureSet(query, gallery, _labels(data.query), _labels(data.gallery), list(data.settings),
                           data.name, [s.path for s in data.query], [s.path for s in data.gallery])
     return pool_tracklets(features, data.query, data.gallery) if data.video else features
 
 
+def embed_images(model: torch.nn.Module, images: Sequence[str | Variant], *, size: tuple[int, int],
+                 batch_size: int = 128, workers: int = 4, flip: bool = True, amp: bool = False,
+                 what: str = "features") -> np.ndarray:
+    """N x D float32 L2-normalised features of image files or generated variants (a strip's
+    tile), read and resized by threads while the model runs; progress as `what`."""
+    from dlcr_cli.console import progress
+    from dlcr_cli.reid.model import extract_features as embed
+
+    with progress(what, len(images)) as bar:
+        return embed(model, _batches(images, size, batch_size, workers, bar), flip=flip, amp=amp).numpy()
+
+
 def _labels(samples: Sequence[Sample]) -> Labels:
     return Labels(*(np.array([getattr(s, key) for s in samples], dtype=np.int64) for key in ("pid", "camid", "clothes")))
 
 
-def _batches(samples: Sequence[Sample], size: tuple[int, int], batch_size: int, workers: int,
+def _batches(images: Sequence[str | Variant], size: tuple[int, int], batch_size: int, workers: int,
              bar: Any) -> Iterator[torch.Tensor]:
     from dlcr_cli.io import prefetch
 
-    groups = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+    groups = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     for future in prefetch(lambda group: _load_batch(group, size), groups, workers, depth=max(2, workers)):
         batch = future.result()
         yield batch
         bar.advance(len(batch))
 
 
-def _load_batch(samples: Sequence[Sample], size: tuple[int, int]) -> torch.Tensor:
+def _load_batch(images: Sequence[str | Variant], size: tuple[int, int]) -> torch.Tensor:
     import torch
 
-    from dlcr_cli.reid.transforms import load_image, test_transform
+    from dlcr_cli.reid.transforms import test_transform
 
     transform = test_transform(size)
-    return torch.stack([transform(_read(sample.path, load_image)) for sample in samples])
+    return torch.stack([transform(read_image(image)) for image in images])
 
 
-def _read(path: str, load: Any) -> Any:
-    from PIL import UnidentifiedImageError
+def read_image(image: str | Variant) -> torch.Tensor:
+    """3 x H x W uint8 RGB of a file or of a generated variant (its tile of a strip); a missing
+    file is exit 66, an unreadable one 65, each naming the file."""
+    import torch
+    from PIL import Image, UnidentifiedImageError
 
+    path = image.path if isinstance(image, Variant) else image
     if not Path(path).is_file():
         raise InputMissing(f"image not found: {path}")
     try:
-        return load(path)
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+            array = np.array(image.crop(rgb) if isinstance(image, Variant) else rgb)
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise MalformedInput(f"{path}: unreadable image ({_reason(err)})") from None
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def pool_tracklets(features: FeatureSet, query: Sequence[Sample], gallery: Sequence[Sample]) -> FeatureSet:

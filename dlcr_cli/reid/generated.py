@@ -57,8 +57,9 @@ class Variant:
         return image.crop((self.tile * width, 0, (self.tile + 1) * width, image.height))
 
 
-def read_generated(source: str | Path, train: Sequence[Sample]) -> dict[str, list[Variant]]:
-    """Training image path -> its variants in order, for every training sample."""
+def read_generated(source: str | Path, train: Sequence[Sample], what: str = "training") -> dict[str, list[Variant]]:
+    """Training image path -> its variants in order, for every training sample (or of other
+    samples, the queries of refinement: `what` names them in the messages)."""
     found: dict[str, list[Variant]] = {s.path: [] for s in train}
     text = str(source)
     path = Path(text).expanduser()
@@ -69,20 +70,20 @@ def read_generated(source: str | Path, train: Sequence[Sample]) -> dict[str, lis
         unmatched = _from_records(text, train, found)
     else:
         form, unmatched = _from_folder(path, train, found)
-    _report(form, source, found, unmatched)
+    _report(form, source, found, unmatched, what)
     return found
 
 
-def _report(form: str, source: str | Path, found: dict[str, list[Variant]], unmatched: int) -> None:
+def _report(form: str, source: str | Path, found: dict[str, list[Variant]], unmatched: int, what: str) -> None:
     counts = [len(v) for v in found.values() if v]
     if unmatched:
         unit = {"records": "records", "files": "images", "strip": "strips"}[form]
-        log.warning("%s: %d generated %s belong to no training image (left out)", source, unmatched, unit)
+        log.warning("%s: %d generated %s belong to no %s image (left out)", source, unmatched, unit, what)
     if not counts:
-        log.warning("%s: no generated images of any of the %d training images", source, len(found))
+        log.warning("%s: no generated images of any of the %d %s images", source, len(found), what)
         return
     each = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
-    log.info("generated data (%s): %d of %d training images have %s variants", form, len(counts), len(found), each)
+    log.info("generated data (%s): %d of %d %s images have %s variants", form, len(counts), len(found), what, each)
 
 
 # --- records --------------------------------------------------------------------------------

@@ -173,9 +173,10 @@ def run_stage(name: str, records: list[Record], settings: Any, folder: Path, ove
 
 
 def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | None, overwrite: bool,
-               fail_fast: bool) -> None:
-    """Mask, describe, summarize and inpaint the source records of `input` into `out`, the
-    generated records to stdout; exit 1 at the end if any item of any stage failed."""
+               fail_fast: bool, sink: Callable[[Record], Any] | None = None) -> list[Record]:
+    """Mask, describe, summarize and inpaint the source records of `input` into `out`, each
+    generated record to `sink` (default: stdout) as it is done; returns them all. Exit 1 at
+    the end if any item of any stage failed."""
     from dlcr_cli.commands.common import Tally, consume
     from dlcr_cli.errors import InputMissing
     from dlcr_cli.records import read_records, write_record
@@ -201,10 +202,11 @@ def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | Non
     if not table:
         raise InputMissing("no clothing id has a prompt (see the messages above), nothing to inpaint")
     jobs: list = []
-    stage("inpaint", prompted, settings.inpaint, partial_work(_inpaint, settings, out, table, jobs),
-          out, sink=write_record, marked_outputs=True)
+    generated = stage("inpaint", prompted, settings.inpaint, partial_work(_inpaint, settings, out, table, jobs),
+                      out, sink=sink or write_record, marked_outputs=True)
     _preview(jobs, settings.inpaint.format, out / "preview.png")
     Tally(failed=stage.failed, done=stage.done).raise_if_failed()
+    return generated
 
 
 def partial_work(fn: Callable[..., Iterable[Outcome]], *args: Any) -> Callable[[list[Record], bool], Iterable[Outcome]]:

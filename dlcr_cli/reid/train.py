@@ -1,0 +1,430 @@
+"""The training engine of `dlcr train`: CAL on real + generated images (SPEC "train").
+
+One step, with B real images of the PK batch and, when generated data is given, one variant
+of the same source image per real image (independently augmented; images without variants
+bring none):
+
+    features = model(real + generated)
+    identity loss (+ triplet) on all of them;
+    from `clothes_start`: the clothes classifier learns on the DETACHED real features with its
+    own optimizer, then the CAL loss of the real features joins the backbone's loss.
+
+`loss = "ce"` trains the identity baseline alone. The wiring, optimizers and schedule are
+those of losses.py's docstring.
+
+Determinism: the model's init comes from `seed`; the PK plan from (seed, epoch); each image's
+augmentation and variant draw from (seed, epoch, index, view). Nothing depends on the
+worker count or on where a run was interrupted, so `--resume` from the state of the last
+finished epoch gives what an uninterrupted run gives (bit for bit on CPU).
+
+Progressive learning: with e completed epochs, image i of K variants draws uniformly from its
+first max(1, floor(K p(e))) variants, p(e) the fraction of the first threshold e does not
+exceed (0.25 up to 5 epochs, 0.5 up to 10, 0.75 up to 15, then 1).
+
+Run folder: model.safetensors + model.json (the model `dlcr evaluate` loads, written after
+every epoch), settings.json, metrics.jsonl (one line per epoch, plus evaluations), and
+state/ (weights, optimizer and scheduler states for `--resume`; safetensors and JSON, no
+pickle). Several processes (`accelerate launch -m dlcr_cli train`): each draws its share of
+the PK batches, gradients are averaged (DDP); only the main process logs and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dlcr_cli.console import log, progress
+from dlcr_cli.errors import InputMissing, MalformedInput
+from dlcr_cli.reid.data import ReidData, Sample
+from dlcr_cli.reid.generated import Variant
+from dlcr_cli.reid.losses import (
+    ClothesClassifier,
+    IdentityClassifier,
+    cal_loss,
+    clothes_loss,
+    identity_loss,
+    positive_mask,
+    triplet_loss,
+)
+from dlcr_cli.reid.model import ReidModel, save_checkpoint, write_safetensors
+
+if TYPE_CHECKING:
+    from dlcr_cli.settings import TrainSettings
+
+STATE = "state"
+METRICS = "metrics.jsonl"
+SETTINGS = "settings.json"
+
+# Reference defaults per dataset for the settings left unset (CAL's configs).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "last": {"triplet_weight": 1.0, "ids_per_batch": 16, "images_per_id": 4},
+    "deepchange": {"ids_per_batch": 16, "images_per_id": 4},
+}
+GENERIC_DEFAULTS = {"triplet_weight": 0.0, "ids_per_batch": 8, "images_per_id": 8}
+
+
+def resolve_for_dataset(settings: TrainSettings, dataset: str) -> TrainSettings:
+    """The settings with the unset per-dataset values filled in from the reference's."""
+    defaults = {**GENERIC_DEFAULTS, **DATASET_DEFAULTS.get(dataset, {})}
+    return settings.model_copy(update={k: v for k, v in defaults.items() if getattr(settings, k) is None})
+
+
+def visible_fraction(completed_epochs: int, thresholds: Sequence[int], fractions: Sequence[float]) -> float:
+    """p(e): the fraction of the first threshold that e does not exceed; the last after them all."""
+    for threshold, fraction in zip(thresholds, fractions):
+        if completed_epochs <= threshold:
+            return fraction
+    return fractions[-1]
+
+
+def visible_variants(k: int, fraction: float) -> int:
+    """How many of an image's K variants may be drawn: max(1, floor(K p)), at most K."""
+    return min(k, max(1, math.floor(k * fraction + 1e-9)))
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+class TrainSet(torch.utils.data.Dataset):
+    """Training samples, each as (real image, pid, clothes, generated variant or None)."""
+
+    def __init__(self, samples: Sequence[Sample], variants: dict[str, list[Variant]] | None, size: tuple[int, int],
+                 seed: int, fraction_of: Any) -> None:
+        self.samples, self.variants, self.size, self.seed = list(samples), variants, size, seed
+        self.fraction_of = fraction_of
+        """epoch -> the visible fraction of the variants (1 without progressive learning)."""
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def variant_index(self, index: int, k: int) -> int:
+        n = visible_variants(k, self.fraction_of(self.epoch))
+        return int(np.random.default_rng([self.seed, self.epoch, index, 7]).integers(n))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, torch.Tensor | None]:
+        from dlcr_cli.reid.features import read_image
+        from dlcr_cli.reid.transforms import sample_generator, train_transform
+
+        sample = self.samples[index]
+        transform = train_transform(self.size)
+        real = transform(read_image(sample.path), sample_generator(self.seed, self.epoch, index, 0))
+        generated = None
+        options = self.variants.get(sample.path) if self.variants else None
+        if options:
+            variant = options[self.variant_index(index, len(options))]
+            generated = transform(read_image(variant), sample_generator(self.seed, self.epoch, index, 1))
+        return real, sample.pid, sample.clothes, generated
+
+
+@dataclass
+class Batch:
+    real: torch.Tensor
+    pids: torch.Tensor
+    clothes: torch.Tensor
+    generated: torch.Tensor
+    """The variants of the real images that have one, in batch order."""
+    generated_pids: torch.Tensor
+
+
+def collate(items: list[tuple[torch.Tensor, int, int, torch.Tensor | None]]) -> Batch:
+    real = torch.stack([item[0] for item in items])
+    with_gen = [item for item in items if item[3] is not None]
+    generated = torch.stack([item[3] for item in with_gen]) if with_gen else real.new_zeros((0, *real.shape[1:]))
+    return Batch(real, torch.tensor([item[1] for item in items]), torch.tensor([item[2] for item in items]),
+                 generated, torch.tensor([item[1] for item in with_gen], dtype=torch.long))
+
+
+# --- the trainer ------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    """1-based: the epoch just finished."""
+    loss: float
+    id_loss: float
+    clothes_loss: float | None
+    cal_loss: float | None
+    triplet_loss: float | None
+    accuracy: float
+    """Identity accuracy over the batch's real and generated images."""
+    lr: float
+    images: int
+    images_per_s: float
+    seconds: float
+    generated: int
+    """Generated images seen this epoch."""
+    visible_fraction: float | None
+    evaluation: dict[str, dict[str, Any]] | None = field(default=None)
+
+
+class Trainer:
+    def __init__(self, data: ReidData, settings: TrainSettings, out: Path, *, device: torch.device,
+                 variants: dict[str, list[Variant]] | None = None) -> None:
+        from dlcr_cli.distributed import current_shard
+        from dlcr_cli.reid.model import build_model
+        from dlcr_cli.reid.sampler import PKSampler
+
+        s = self.s = settings
+        self.data, self.out, self.device, self.shard = data, out, device, current_shard()
+        self.cuda = device.type == "cuda"
+        torch.manual_seed(s.seed)
+        self.model: ReidModel = build_model(s.backbone, device=device)
+        if self.cuda and s.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.id_clf = IdentityClassifier(self.model.dim, data.num_pids).to(device)
+        self.clothes_clf = ClothesClassifier(self.model.dim, data.num_clothes).to(device)
+        self.opt = torch.optim.Adam([*self.model.parameters(), *self.id_clf.parameters()], lr=s.lr,
+                                    weight_decay=s.weight_decay)
+        self.opt_cc = torch.optim.Adam(self.clothes_clf.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.opt, milestones=s.milestones, gamma=s.gamma)
+        self.pid2clothes = torch.as_tensor(data.pid2clothes, device=device)
+        fractions = (lambda e: visible_fraction(e, s.progressive_epochs, s.progressive_fractions)) if s.progressive \
+            else (lambda e: 1.0)
+        self.trainset = TrainSet(data.train, variants, s.image_size, s.seed, fractions)
+        self.sampler = PKSampler([x.pid for x in data.train], s.ids_per_batch, s.images_per_id, seed=s.seed,
+                                 rank=self.shard.rank, world=self.shard.world)
+        self.parallel = self._wrap_for_processes()
+        self.start_epoch = 0
+
+    def _wrap_for_processes(self) -> dict[str, nn.Module]:
+        """The modules a step calls: DDP-wrapped under a launcher (gradients averaged), else themselves."""
+        modules = {"model": self.model, "id": self.id_clf, "clothes": self.clothes_clf}
+        if not self.shard.active:
+            return modules
+        from accelerate import PartialState
+        from torch.nn.parallel import DistributedDataParallel
+
+        PartialState()  # initialises the process group from the launcher's variables
+        ids = [self.device.index] if self.cuda else None
+        return {name: DistributedDataParallel(module, device_ids=ids) for name, module in modules.items()}
+
+    # --- state ---
+
+    def modules_and_optimizers(self) -> dict[str, Any]:
+        return {"model": self.model, "id_classifier": self.id_clf, "clothes_classifier": self.clothes_clf,
+                "optimizer": self.opt, "clothes_optimizer": self.opt_cc}
+
+    def save_state(self, epoch: int) -> None:
+        """out/state: every tensor in one safetensors file, the rest in JSON (written last)."""
+        tensors: dict[str, torch.Tensor] = {}
+        # The scheduler's own state holds a Counter of milestones that JSON cannot round-trip;
+        # its milestones come from the settings, so its position is all there is to keep.
+        schedule = {"last_epoch": self.scheduler.last_epoch, "last_lr": self.scheduler.get_last_lr()}
+        meta: dict[str, Any] = {"epoch": epoch, "scheduler": schedule, "optimizers": {}}
+        for name, obj in self.modules_and_optimizers().items():
+            state = obj.state_dict()
+            if isinstance(obj, torch.optim.Optimizer):
+                meta["optimizers"][name] = {"param_groups": state["param_groups"],
+                                            "state": {str(i): sorted(v) for i, v in state["state"].items()}}
+                for i, values in state["state"].items():
+                    tensors.update({f"{name}/{i}/{key}": torch.as_tensor(value) for key, value in values.items()})
+            else:
+                tensors.update({f"{name}/{key}": value for key, value in state.items()})
+        folder = self.out / STATE
+        write_safetensors(folder / "training.safetensors", tensors)
+        _write_json(folder / "training.json", meta)
+
+    def load_state(self) -> int:
+        """Restore out/state; returns the epochs it had finished."""
+        folder = self.out / STATE
+        try:
+            meta = json.loads((folder / "training.json").read_text())
+            tensors = load_file(folder / "training.safetensors", device="cpu")  # tensors only: no pickle
+        except FileNotFoundError:
+            raise InputMissing(f"nothing to resume in {self.out}: no {STATE}/training.json (start without --resume)") \
+                from None
+        except (json.JSONDecodeError, OSError) as err:
+            raise MalformedInput(f"{folder}: unreadable training state ({err})") from None
+        for name, obj in self.modules_and_optimizers().items():
+            if isinstance(obj, torch.optim.Optimizer):
+                saved = meta["optimizers"][name]
+                state = {int(i): {key: tensors[f"{name}/{i}/{key}"] for key in keys}
+                         for i, keys in saved["state"].items()}
+                obj.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+            else:
+                prefix = f"{name}/"
+                obj.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        self.scheduler.last_epoch = int(meta["scheduler"]["last_epoch"])
+        self.scheduler._last_lr = list(meta["scheduler"]["last_lr"])
+        self.start_epoch = int(meta["epoch"])
+        return self.start_epoch
+
+    # --- the loop ---
+
+    def fit(self, epochs: int, eval_every: int = 0) -> list[EpochStats]:
+        stats = []
+        for epoch in range(self.start_epoch, epochs):
+            result = self.train_epoch(epoch, epochs)
+            last = epoch + 1 == epochs
+            if (last or (eval_every and (epoch + 1) % eval_every == 0)) and self._can_evaluate():
+                result.evaluation = self.evaluate()
+            if self.shard.is_main:  # the state last: it is what --resume trusts
+                _append_metrics(self.out / METRICS, result)
+                save_checkpoint(self.model, self.out, self.checkpoint_config())
+                self.save_state(epoch + 1)
+            self._barrier()
+            stats.append(result)
+        return stats
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {"image_size": list(self.s.image_size), "dataset": self.data.name, "loss": self.s.loss}
+
+    def train_epoch(self, epoch: int, epochs: int) -> EpochStats:
+        s = self.s
+        self.sampler.set_epoch(epoch)
+        self.trainset.set_epoch(epoch)
+        for module in self.parallel.values():
+            module.train()
+        loader = torch.utils.data.DataLoader(self.trainset, batch_sampler=self.sampler, num_workers=s.workers,
+                                             collate_fn=collate, pin_memory=self.cuda,
+                                             persistent_workers=False)
+        sums: dict[str, float] = {}
+        counts = {"batches": 0, "images": 0, "correct": 0, "generated": 0}
+        clothes_on = s.loss == "cal" and epoch >= s.clothes_start
+        start = time.perf_counter()
+        with progress(f"epoch {epoch + 1}/{epochs}", len(self.sampler), unit="batches") as bar:
+            for batch in loader:
+                losses, correct, seen = self.step(batch, clothes_on)
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                counts["batches"] += 1
+                counts["images"] += seen
+                counts["correct"] += correct
+                counts["generated"] += len(batch.generated)
+                bar.advance()
+                bar.describe(f"epoch {epoch + 1}/{epochs} loss {sums['loss'] / counts['batches']:.3f}")
+        seconds = time.perf_counter() - start
+        lr = self.opt.param_groups[0]["lr"]
+        self.scheduler.step()
+        n = max(1, counts["batches"])
+        mean = {key: value / n for key, value in sums.items()}
+        result = EpochStats(
+            epoch + 1, mean.get("loss", 0.0), mean.get("id", 0.0), mean.get("clothes"), mean.get("cal"),
+            mean.get("triplet"), counts["correct"] / max(1, counts["images"]), lr, counts["images"] * self.shard.world,
+            counts["images"] * self.shard.world / seconds if seconds else 0.0, seconds, counts["generated"],
+            self.trainset.fraction_of(epoch) if self.trainset.variants else None,
+        )
+        log.info("epoch %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.1f images/s", epoch + 1, epochs, result.loss,
+                 result.accuracy, lr, result.images_per_s)
+        return result
+
+    def _autocast(self) -> Any:
+        from contextlib import nullcontext
+
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and self.s.amp else nullcontext()
+
+    def step(self, batch: Batch, clothes_on: bool) -> tuple[dict[str, float], int, int]:
+        """One optimisation step; returns the losses, correct identity predictions and images."""
+        s, m = self.s, self.parallel
+        images = torch.cat([batch.real, batch.generated]).to(self.device, non_blocking=True)
+        if self.cuda and s.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        pids = torch.cat([batch.pids, batch.generated_pids]).to(self.device)
+        real_pids, clothes = batch.pids.to(self.device), batch.clothes.to(self.device)
+        n_real = len(batch.real)
+        losses: dict[str, float] = {}
+        with self._autocast():
+            features = m["model"](images)
+            logits = m["id"](features)
+        loss = identity_loss(logits, pids, s.label_smoothing)
+        losses["id"] = loss.item()
+        if s.triplet_weight:
+            tri = triplet_loss(features, pids, s.triplet_margin)
+            loss = loss + s.triplet_weight * tri
+            losses["triplet"] = tri.item()
+        if clothes_on:
+            real_features = features[:n_real]
+            with self._autocast():
+                cc_logits = m["clothes"](real_features.detach())
+            cc = clothes_loss(cc_logits, clothes, s.cal_scale)
+            self.opt_cc.zero_grad(set_to_none=True)
+            cc.backward()
+            self.opt_cc.step()
+            losses["clothes"] = cc.item()
+            with self._autocast():
+                adv_logits = m["clothes"](real_features)
+            adv = cal_loss(adv_logits, clothes, positive_mask(self.pid2clothes, real_pids), s.cal_scale, s.cal_epsilon)
+            loss = loss + adv
+            losses["cal"] = adv.item()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        losses["loss"] = loss.item()
+        correct = int((logits.detach().argmax(1) == pids).sum())
+        return losses, correct, len(images)
+
+    # --- evaluation ---
+
+    def _can_evaluate(self) -> bool:
+        return bool(self.data.query and self.data.gallery)
+
+    def evaluate(self) -> dict[str, dict[str, Any]] | None:
+        """The dataset's protocol on the current model (main process; the others wait)."""
+        if not self.shard.is_main:
+            return None
+        from dlcr_cli.reid.evaluate import as_json, evaluate_settings
+        from dlcr_cli.reid.features import extract_features
+
+        features = extract_features(self.model, self.data, size=tuple(self.s.image_size),
+                                    workers=max(1, self.s.workers), amp=self.s.amp)
+        self.model.train()
+        results = evaluate_settings(features, features.settings, device=self.device)
+        scores = as_json(results)
+        log.info("evaluation: %s", ", ".join(f"{name} rank-1 {100 * v['rank1']:.1f} mAP {100 * v['mAP']:.1f}"
+                                             for name, v in scores.items()))
+        return scores
+
+    def _barrier(self) -> None:
+        if self.shard.active:
+            from dlcr_cli.distributed import barrier
+
+            barrier()
+
+
+def _write_json(path: Path, value: Any) -> None:
+    from dlcr_cli.io import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps(value, indent=2, default=str) + "\n", path)
+
+
+def _append_metrics(path: Path, stats: EpochStats) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(asdict(stats)) + "\n")
+
+
+def truncate_metrics(path: Path, epochs: int) -> None:
+    """Keep the lines of the first `epochs` epochs (a resumed run writes the later ones again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if _epoch_of(line) is not None and _epoch_of(line) <= epochs]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _epoch_of(line: str) -> int | None:
+    """The line's epoch; None for a blank or torn line (a run killed while writing it)."""
+    try:
+        return int(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def iter_metrics(path: Path) -> Iterator[dict[str, Any]]:
+    for line in path.read_text().splitlines():
+        if line.strip():
+            yield json.loads(line)

@@ -1,0 +1,233 @@
+"""dlcr train: the progressive schedule, per-dataset defaults, CAL steps, generated data,
+resume (also after a kill) equal to an uninterrupted run, the run folder, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlcr_cli.reid.train import (
+    DATASET_DEFAULTS,
+    TrainSet,
+    resolve_for_dataset,
+    visible_fraction,
+    visible_variants,
+)
+from dlcr_cli.settings import DEFAULTS
+
+THRESHOLDS, FRACTIONS = [5, 10, 15], [0.25, 0.5, 0.75, 1.0]
+# 3 training ids in the small synthetic set: 2 ids x 4 images per batch, 64x32, no worker processes
+SMALL = ("--backbone", "builtin:small", "--image-size", "64x32", "--batch", "2x4", "--workers", "0")
+
+
+def test_progressive_fraction_per_completed_epochs():
+    got = [visible_fraction(e, THRESHOLDS, FRACTIONS) for e in range(0, 21)]
+    assert got == [0.25] * 6 + [0.5] * 5 + [0.75] * 5 + [1.0] * 5
+
+
+@pytest.mark.parametrize("k, fraction, n", [(10, 0.25, 2), (10, 0.5, 5), (10, 0.75, 7), (10, 1.0, 10),
+                                            (4, 0.25, 1), (1, 0.25, 1), (3, 0.25, 1), (3, 0.75, 2)])
+def test_visible_variants_is_floor_with_at_least_one(k, fraction, n):
+    assert visible_variants(k, fraction) == n
+
+
+def test_variant_draws_stay_in_the_visible_range_and_repeat():
+    train = TrainSet([], {}, (64, 32), seed=3, fraction_of=lambda e: visible_fraction(e, THRESHOLDS, FRACTIONS))
+    for epoch, top in ((0, 2), (7, 5), (12, 7), (30, 10)):
+        train.set_epoch(epoch)
+        draws = [train.variant_index(i, 10) for i in range(400)]
+        assert set(draws) == set(range(top))  # uniform over the first `top`, all of them seen
+        assert draws == [train.variant_index(i, 10) for i in range(400)]
+
+
+def test_per_dataset_defaults_fill_only_unset_values():
+    base = DEFAULTS.train
+    last = resolve_for_dataset(base, "last")
+    assert (last.triplet_weight, last.ids_per_batch, last.images_per_id) == (1.0, 16, 4)
+    deep = resolve_for_dataset(base, "deepchange")
+    assert (deep.triplet_weight, deep.ids_per_batch, deep.images_per_id) == (0.0, 16, 4)
+    prcc = resolve_for_dataset(base, "prcc")
+    assert (prcc.triplet_weight, prcc.ids_per_batch, prcc.images_per_id) == (0.0, 8, 8)
+    mine = resolve_for_dataset(base.model_copy(update={"ids_per_batch": 4, "triplet_weight": 0.5}), "last")
+    assert (mine.triplet_weight, mine.ids_per_batch, mine.images_per_id) == (0.5, 4, 4)
+    assert set(DATASET_DEFAULTS) == {"last", "deepchange"}
+
+
+# --- runs on the small synthetic dataset ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generated(synth_prompted, tmp_path_factory):
+    """3 recoloured variants of every training image, as dlcr inpaint records."""
+    from typer.testing import CliRunner
+
+    from dlcr_cli.cli import app
+
+    out = tmp_path_factory.mktemp("gen")
+    result = CliRunner().invoke(app, ["inpaint", str(synth_prompted), "--backend", "recolor", "-k", "3",
+                                      "--out", str(out / "images")])
+    assert result.exit_code == 0, result.stderr
+    (out / "gen.jsonl").write_text(result.stdout)
+    return out / "gen.jsonl"
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_writes_model_settings_and_metrics_that_evaluate_loads(dlcr, synth_data, tmp_path):
+    run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "2", "--json")
+    assert run.code == 0, run.stderr
+    rows = metrics(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["images"] > 0 and row["images_per_s"] > 0 and row["lr"] == pytest.approx(3.5e-4)
+        assert row["clothes_loss"] is None and row["generated"] == 0  # clothes losses start at epoch 25
+    assert set(rows[-1]["evaluation"]) == {"standard", "sc", "cc"} and rows[0]["evaluation"] is None
+    assert json.loads(run.stdout)["epoch"] == 2
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert settings["train"]["ids_per_batch"] == 2 and settings["train"]["triplet_weight"] == 0.0
+    model = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert model["config"]["image_size"] == [64, 32] and model["backbone"] == "builtin:small"
+    evaluated = dlcr("--device", "cpu", "evaluate", synth_data, "-c", tmp_path / "run", "--json")
+    assert evaluated.code == 0 and "at 64x32" in evaluated.stderr
+    got = json.loads(evaluated.stdout)
+    assert got.keys() == rows[-1]["evaluation"].keys()
+    for name, scores in got.items():
+        assert scores == pytest.approx(rows[-1]["evaluation"][name])
+
+
+def test_cal_trains_the_clothes_classifier_and_ce_does_not(dlcr, synth_data, tmp_path):
+    env = {"DLCR_TRAIN__CLOTHES_START": "1"}
+    for loss in ("cal", "ce"):
+        run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / loss, *SMALL, "--epochs", "2",
+                   "--loss", loss, "--eval-every", "0", env=env)
+        assert run.code == 0, run.stderr
+    cal, ce = metrics(tmp_path / "cal"), metrics(tmp_path / "ce")
+    assert cal[0]["clothes_loss"] is None and cal[1]["clothes_loss"] > 0 and cal[1]["cal_loss"] is not None
+    assert ce[1]["clothes_loss"] is None and ce[1]["cal_loss"] is None
+    from safetensors.torch import load_file
+
+    start = load_file(tmp_path / "ce" / "state" / "training.safetensors")
+    trained = load_file(tmp_path / "cal" / "state" / "training.safetensors")
+    assert not torch.equal(start["clothes_classifier/weight"], trained["clothes_classifier/weight"])
+    assert "clothes_optimizer/0/exp_avg" in trained and "clothes_optimizer/0/exp_avg" not in start
+
+
+def test_generated_variants_join_every_batch(dlcr, synth_data, generated, tmp_path):
+    run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "1",
+               "--generated", generated)
+    assert run.code == 0, run.stderr
+    row = metrics(tmp_path / "run")[0]
+    assert row["generated"] == row["images"] // 2  # one variant per real image
+    assert row["visible_fraction"] == 0.25
+    assert "3 variants" in run.stderr
+
+
+def _same_files(a: Path, b: Path, *names: str) -> None:
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_resume_gives_what_an_uninterrupted_run_gives(dlcr, synth_data, generated, tmp_path):
+    common = ("--device", "cpu", "train", synth_data, *SMALL, "--generated", generated, "--eval-every", "0")
+    env = {"DLCR_TRAIN__CLOTHES_START": "1", "DLCR_TRAIN__MILESTONES": "[1]"}  # every loss and the lr step
+    whole = dlcr(*common, "--out", tmp_path / "whole", "--epochs", "3", env=env)
+    assert whole.code == 0, whole.stderr
+    first = dlcr(*common, "--out", tmp_path / "parts", "--epochs", "1", env=env)
+    assert first.code == 0, first.stderr
+    rest = dlcr(*common, "--out", tmp_path / "parts", "--epochs", "3", "--resume", env=env)
+    assert rest.code == 0, rest.stderr
+    assert "resuming" in rest.stderr
+    _same_files(tmp_path / "whole", tmp_path / "parts", "model.safetensors", "state/training.safetensors")
+    drop = ("seconds", "images_per_s", "evaluation")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
+    assert strip(metrics(tmp_path / "whole")) == strip(metrics(tmp_path / "parts"))
+    assert [r["lr"] for r in metrics(tmp_path / "parts")] == pytest.approx([3.5e-4, 3.5e-5, 3.5e-5])
+
+
+def test_a_killed_run_resumes_to_the_same_model(synth_data, tmp_path, dlcr):
+    args = [sys.executable, "-m", "dlcr_cli", "--device", "cpu", "train", str(synth_data), *SMALL, "--epochs", "4",
+            "--eval-every", "0"]
+    env = {**os.environ, "DLCR_TRAIN__CLOTHES_START": "1", "HF_HUB_OFFLINE": "1"}
+    whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], env=env, capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+    child = subprocess.Popen([*args, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "state" / "training.json"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done = json.loads(state.read_text())["epoch"]
+    assert 1 <= done <= 4
+    again = subprocess.run([*args, "--out", str(tmp_path / "killed"), "--resume"], env=env, capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr
+    _same_files(tmp_path / "whole", tmp_path / "killed", "model.safetensors")
+    assert [r["epoch"] for r in metrics(tmp_path / "killed")] == [1, 2, 3, 4]
+
+
+def test_a_transformers_backbone_trains(dlcr, synth_data, tiny_resnet, tmp_path):
+    run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", "--backbone", tiny_resnet,
+               "--image-size", "64x32", "--batch", "2x2", "--workers", "0", "--epochs", "1")
+    assert run.code == 0, run.stderr
+    model = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert model["kind"] == "hub" and model["dim"] == 64  # 2 x the last stage's 32 channels
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (("--batch", "2by4"), 2, "--batch takes PxK"),
+    (("--batch", "9x4"), 2, "at least 9 training identities"),
+    (("--backbone", "./no-such-folder"), 69, "cannot load backbone"),
+    (("--image-size", "64"), 2, "HEIGHTxWIDTH"),
+    (("--resume",), 66, "nothing to resume"),
+    (("--generated", "/no/such/gen.jsonl"), 66, "generated data not found"),
+])
+def test_bad_options_are_one_line(dlcr, synth_data, tmp_path, args, code, message):
+    # an option given twice takes its last value: `args` override SMALL's
+    run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", "--epochs", "1", *SMALL, *args)
+    assert run.code == code, run.stderr
+    assert message in run.stderr and len(run.stderr.strip().splitlines()) <= 3
+
+
+def test_a_finished_run_is_not_overwritten_and_resume_keeps_settings(dlcr, synth_data, tmp_path):
+    first = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "1")
+    assert first.code == 0, first.stderr
+    again = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "1")
+    assert again.code == 2 and "--resume" in again.stderr
+    other = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "2",
+                 "--lr", "1e-3", "--resume")
+    assert other.code == 2 and "lr" in other.stderr
+    done = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "1", "--resume")
+    assert done.code == 0 and len(metrics(tmp_path / "run")) == 1
+
+
+def test_a_dataset_without_training_images(dlcr, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "q.png"
+    Image.new("RGB", (32, 64)).save(image)
+    (tmp_path / "r.jsonl").write_text(json.dumps({"image": str(image), "pid": 1, "camid": 0, "split": "query"}) + "\n")
+    run = dlcr("train", tmp_path / "r.jsonl", "--out", tmp_path / "run", *SMALL)
+    assert run.code == 66 and "no train images" in run.stderr
+
+
+def test_augmentation_does_not_depend_on_worker_processes(synth_data):
+    from dlcr_cli.reid.data import load_reid_data
+
+    data = load_reid_data(synth_data)
+    train = TrainSet(data.train, None, (64, 32), seed=0, fraction_of=lambda e: 1.0)
+    batch0 = next(iter(torch.utils.data.DataLoader(train, batch_size=4, collate_fn=lambda x: x)))
+    batch2 = next(iter(torch.utils.data.DataLoader(train, batch_size=4, num_workers=2, collate_fn=lambda x: x)))
+    for a, b in zip(batch0, batch2):
+        assert torch.equal(a[0], b[0]) and a[1:3] == b[1:3]
