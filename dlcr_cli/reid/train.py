@@ -172,6 +172,66 @@ class EpochStats:
     evaluation: dict[str, dict[str, Any]] | None = field(default=None)
 
 
+@dataclass
+class Stepper:
+    """One optimisation step of CAL (or of the identity baseline) on given modules: what the
+    trainer runs per batch and what `dlcr bench train` times."""
+
+    modules: dict[str, nn.Module]
+    """model, id, clothes: the re-id model and the two classifiers (DDP-wrapped under a launcher)."""
+    opt: torch.optim.Optimizer
+    opt_cc: torch.optim.Optimizer
+    pid2clothes: torch.Tensor
+    s: Any
+    """The train settings (loss weights, scale, epsilon, margin)."""
+    device: torch.device
+    amp: bool = False
+    """bfloat16 autocast (CUDA)."""
+    channels_last: bool = False
+
+    def _autocast(self) -> Any:
+        from contextlib import nullcontext
+
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    def step(self, batch: Batch, clothes_on: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+        """Returns the losses and the correct identity predictions as detached device tensors
+        (read once per epoch: a .item() per step would stall the GPU) and the images seen."""
+        s, m = self.s, self.modules
+        images = torch.cat([batch.real, batch.generated]).to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        pids = torch.cat([batch.pids, batch.generated_pids]).to(self.device, non_blocking=True)
+        real_pids, clothes = pids[: len(batch.real)], batch.clothes.to(self.device, non_blocking=True)
+        losses: dict[str, torch.Tensor] = {}
+        with self._autocast():
+            features = m["model"](images)
+            logits = m["id"](features)
+        loss = losses["id"] = identity_loss(logits, pids, s.label_smoothing)
+        if s.triplet_weight:
+            losses["triplet"] = triplet_loss(features, pids, s.triplet_margin)
+            loss = loss + s.triplet_weight * losses["triplet"]
+        if clothes_on:
+            real_features = features[: len(batch.real)]
+            with self._autocast():
+                cc_logits = m["clothes"](real_features.detach())
+            losses["clothes"] = clothes_loss(cc_logits, clothes, s.cal_scale)
+            self.opt_cc.zero_grad(set_to_none=True)
+            losses["clothes"].backward()
+            self.opt_cc.step()
+            with self._autocast():
+                adv_logits = m["clothes"](real_features)
+            losses["cal"] = cal_loss(adv_logits, clothes, positive_mask(self.pid2clothes, real_pids), s.cal_scale,
+                                     s.cal_epsilon)
+            loss = loss + losses["cal"]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        losses["loss"] = loss
+        correct = (logits.detach().argmax(1) == pids).sum()
+        return {k: v.detach().float() for k, v in losses.items()}, correct, len(images)
+
+
 class Trainer:
     def __init__(self, data: ReidData, settings: TrainSettings, out: Path, *, device: torch.device,
                  variants: dict[str, list[Variant]] | None = None) -> None:
@@ -199,6 +259,8 @@ class Trainer:
         self.sampler = PKSampler([x.pid for x in data.train], s.ids_per_batch, s.images_per_id, seed=s.seed,
                                  rank=self.shard.rank, world=self.shard.world)
         self.parallel = self._wrap_for_processes()
+        self.stepper = Stepper(self.parallel, self.opt, self.opt_cc, self.pid2clothes, s, device,
+                               amp=self.cuda and s.amp, channels_last=self.cuda and s.channels_last)
         self.start_epoch = 0
 
     def _wrap_for_processes(self) -> dict[str, nn.Module]:
@@ -293,29 +355,31 @@ class Trainer:
         loader = torch.utils.data.DataLoader(self.trainset, batch_sampler=self.sampler, num_workers=s.workers,
                                              collate_fn=collate, pin_memory=self.cuda,
                                              persistent_workers=False)
-        sums: dict[str, float] = {}
-        counts = {"batches": 0, "images": 0, "correct": 0, "generated": 0}
+        sums: dict[str, torch.Tensor] = {}
+        counts = {"batches": 0, "images": 0, "generated": 0}
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
         clothes_on = s.loss == "cal" and epoch >= s.clothes_start
         start = time.perf_counter()
         with progress(f"epoch {epoch + 1}/{epochs}", len(self.sampler), unit="batches") as bar:
             for batch in loader:
-                losses, correct, seen = self.step(batch, clothes_on)
+                losses, right, seen = self.step(batch, clothes_on)
                 for key, value in losses.items():
-                    sums[key] = sums.get(key, 0.0) + value
+                    sums[key] = sums[key] + value if key in sums else value
+                correct += right
                 counts["batches"] += 1
                 counts["images"] += seen
-                counts["correct"] += correct
                 counts["generated"] += len(batch.generated)
                 bar.advance()
-                bar.describe(f"epoch {epoch + 1}/{epochs} loss {sums['loss'] / counts['batches']:.3f}")
+                if counts["batches"] % 20 == 0:  # reading the loss waits for the GPU: not every step
+                    bar.describe(f"epoch {epoch + 1}/{epochs} loss {float(sums['loss']) / counts['batches']:.3f}")
         seconds = time.perf_counter() - start
         lr = self.opt.param_groups[0]["lr"]
         self.scheduler.step()
         n = max(1, counts["batches"])
-        mean = {key: value / n for key, value in sums.items()}
+        mean = {key: float(value) / n for key, value in sums.items()}
         result = EpochStats(
             epoch + 1, mean.get("loss", 0.0), mean.get("id", 0.0), mean.get("clothes"), mean.get("cal"),
-            mean.get("triplet"), counts["correct"] / max(1, counts["images"]), lr, counts["images"] * self.shard.world,
+            mean.get("triplet"), int(correct) / max(1, counts["images"]), lr, counts["images"] * self.shard.world,
             counts["images"] * self.shard.world / seconds if seconds else 0.0, seconds, counts["generated"],
             self.trainset.fraction_of(epoch) if self.trainset.variants else None,
         )
@@ -323,50 +387,8 @@ class Trainer:
                  result.accuracy, lr, result.images_per_s)
         return result
 
-    def _autocast(self) -> Any:
-        from contextlib import nullcontext
-
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda and self.s.amp else nullcontext()
-
-    def step(self, batch: Batch, clothes_on: bool) -> tuple[dict[str, float], int, int]:
-        """One optimisation step; returns the losses, correct identity predictions and images."""
-        s, m = self.s, self.parallel
-        images = torch.cat([batch.real, batch.generated]).to(self.device, non_blocking=True)
-        if self.cuda and s.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        pids = torch.cat([batch.pids, batch.generated_pids]).to(self.device)
-        real_pids, clothes = batch.pids.to(self.device), batch.clothes.to(self.device)
-        n_real = len(batch.real)
-        losses: dict[str, float] = {}
-        with self._autocast():
-            features = m["model"](images)
-            logits = m["id"](features)
-        loss = identity_loss(logits, pids, s.label_smoothing)
-        losses["id"] = loss.item()
-        if s.triplet_weight:
-            tri = triplet_loss(features, pids, s.triplet_margin)
-            loss = loss + s.triplet_weight * tri
-            losses["triplet"] = tri.item()
-        if clothes_on:
-            real_features = features[:n_real]
-            with self._autocast():
-                cc_logits = m["clothes"](real_features.detach())
-            cc = clothes_loss(cc_logits, clothes, s.cal_scale)
-            self.opt_cc.zero_grad(set_to_none=True)
-            cc.backward()
-            self.opt_cc.step()
-            losses["clothes"] = cc.item()
-            with self._autocast():
-                adv_logits = m["clothes"](real_features)
-            adv = cal_loss(adv_logits, clothes, positive_mask(self.pid2clothes, real_pids), s.cal_scale, s.cal_epsilon)
-            loss = loss + adv
-            losses["cal"] = adv.item()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        losses["loss"] = loss.item()
-        correct = int((logits.detach().argmax(1) == pids).sum())
-        return losses, correct, len(images)
+    def step(self, batch: Batch, clothes_on: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+        return self.stepper.step(batch, clothes_on)
 
     # --- evaluation ---
 
