@@ -190,3 +190,38 @@ def test_peak_rss_sees_an_allocation_inside_the_block():
         block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
         del block
     assert peak.bytes >= 48 * 2**20
+
+
+# --- dlcr bench train ---------------------------------------------------------------------------
+
+
+def test_train_bench_times_both_paths_on_the_same_batches(run_bench):
+    result = run_bench("train", "--arch", "small", "--batch", "2x2", "--size", "32x16", "--steps", "2", "--warmup",
+                       "1", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = [row["name"] for row in report["rows"]]
+    assert names[0].startswith("(a) reference: float32") and names[1].startswith("(b) dlcr")
+    for row in report["rows"]:
+        assert row["images"] == 2 * 4 and row["seconds"] > 0 and row["peak_mem_gb"] is None
+    assert report["speedup"] > 0 and report["settings"]["size"] == [32, 16]
+    assert "dlcr / reference" in result.stderr
+
+
+def test_train_bench_bad_batch(run_bench):
+    result = run_bench("train", "--batch", "8by8")
+    assert result.code == 2 and "--batch takes PxK" in result.stderr
+
+
+def test_train_bench_model_is_resnet50_with_last_stride_1():
+    from dlcr_cli.bench.train import build_resnet50_reid
+
+    meta = torch.device("meta")
+    with meta:
+        model = build_resnet50_reid(meta)
+        fmap = model.feature_map(torch.zeros(2, 3, 384, 192))
+        embedding = model(torch.zeros(2, 3, 384, 192))
+    backbone_params = sum(p.numel() for p in model.backbone.parameters())
+    assert backbone_params == pytest.approx(23.5e6, rel=0.01)  # ResNet-50 without its classifier
+    assert tuple(fmap.shape) == (2, 2048, 24, 12)  # output stride 16: the last stage keeps its size
+    assert tuple(embedding.shape) == (2, 4096) and model.spec["last_stride_1"] is True

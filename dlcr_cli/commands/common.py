@@ -115,3 +115,14 @@ def parse_range(text: str, option: str) -> tuple[int, int]:
         return int(low), int(high or low)
     except ValueError:
         raise UsageError(f"{option} takes N or MIN-MAX, e.g. 2-4; got {text!r}") from None
+
+
+def parse_pk(text: str, option: str = "--batch") -> tuple[int, int]:
+    """`PxK` (e.g. 8x8) -> (identities, images per identity)."""
+    from dlcr_cli.errors import UsageError
+
+    try:
+        p, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"{option} takes PxK (identities x images each), e.g. 8x8; got {text!r}") from None
+    return p, k

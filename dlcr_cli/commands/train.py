@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dlcr_cli.commands.common import parse_size, state
+from dlcr_cli.commands.common import parse_pk, parse_size, state
 from dlcr_cli.settings import DEFAULTS
 
 D = DEFAULTS.train
@@ -68,7 +68,7 @@ def train(
     from dlcr_cli.reid.data import load_reid_data
     from dlcr_cli.runtime import resolve_device
 
-    p, k = _pk(batch)
+    p, k = parse_pk(batch) if batch is not None else (None, None)
     settings = state(ctx).resolve(train=dict(
         backbone=backbone, loss=loss, image_size=parse_size(image_size, "--image-size") if image_size else None,
         epochs=epochs, ids_per_batch=p, images_per_id=k, lr=lr, seed=seed, progressive=progressive, workers=workers,
@@ -95,18 +95,6 @@ def train(
     trainer.fit(s.epochs, s.eval_every)
     if shard.is_main:
         _summary(out, as_json)
-
-
-def _pk(text: str | None) -> tuple[int | None, int | None]:
-    if text is None:
-        return None, None
-    from dlcr_cli.errors import UsageError
-
-    try:
-        p, k = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"--batch takes PxK (identities x images each), e.g. 8x8; got {text!r}") from None
-    return p, k
 
 
 def _variants(generated: str | None, data) -> Any:
