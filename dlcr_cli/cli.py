@@ -18,6 +18,7 @@ from dlcr_cli import __version__
 from dlcr_cli.commands import bench as bench_cmd
 from dlcr_cli.commands import completion as completion_cmd
 from dlcr_cli.commands import config as config_cmd
+from dlcr_cli.commands import demo as demo_cmd
 from dlcr_cli.commands import describe as describe_cmd
 from dlcr_cli.commands import evaluate as evaluate_cmd
 from dlcr_cli.commands import expand as expand_cmd
@@ -108,6 +109,7 @@ def root(
     setup_logging(verbosity)
 
 
+app.command("demo")(demo_cmd.demo)
 app.command("synth", no_args_is_help=True)(synth_cmd.synth)
 app.command("mask", no_args_is_help=True)(mask_cmd.mask)
 app.command("describe", no_args_is_help=True)(describe_cmd.describe)

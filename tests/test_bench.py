@@ -225,3 +225,46 @@ def test_train_bench_model_is_resnet50_with_last_stride_1():
     assert backbone_params == pytest.approx(23.5e6, rel=0.01)  # ResNet-50 without its classifier
     assert tuple(fmap.shape) == (2, 2048, 24, 12)  # output stride 16: the last stage keeps its size
     assert tuple(embedding.shape) == (2, 4096) and model.spec["last_stride_1"] is True
+
+
+# --- dlcr bench startup, describe, all ----------------------------------------------------------
+
+
+def test_startup_bench_times_whole_processes_and_sees_no_heavy_import(run_bench):
+    result = run_bench("startup", "--runs", "2", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["help_seconds"]["runs"] == 2 and 0 < report["help_seconds"]["min"] <= report["help_seconds"]["max"]
+    assert report["heavy_modules_imported"] == [] and report["import_seconds"] > 0
+    assert "heavy modules imported: none" in result.stderr
+
+
+def test_describe_bench_counts_every_image(run_bench):
+    result = run_bench("describe", "--ids", "4", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["backend"] == "colors" and report["images"] > 20 and report["images_per_s"] > 0
+
+
+def test_all_runs_what_a_cpu_can_and_says_what_it_skipped(run_bench, monkeypatch):
+    from functools import partial
+
+    from dlcr_cli.bench import evaluate as bench_evaluate
+    from dlcr_cli.bench import inpaint as bench_inpaint
+    from dlcr_cli.bench import train as bench_train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench_evaluate, "EvalBenchSettings",
+                        partial(bench_evaluate.EvalBenchSettings, queries=40, gallery=300, dim=8, ids=20))
+    small_inpaint = bench_inpaint.BenchSettings.for_arch
+    monkeypatch.setattr(bench_inpaint.BenchSettings, "for_arch", staticmethod(
+        lambda arch, **_: small_inpaint(arch, images=5, batch_size=5, steps=1, size=(16, 8))))
+    train_settings = bench_train.TrainBenchSettings
+    monkeypatch.setattr(bench_train, "TrainBenchSettings", lambda **kw: train_settings(
+        **{**kw, "size": (32, 16), "ids": 2, "images_per_id": 2, "steps": 1, "warmup": 0}))
+    result = run_bench("all", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["ran"]) == {"startup", "describe colors", "evaluate", "inpaint tiny", "train small"}
+    assert set(report["skipped"]) == {"describe vlm", "inpaint sd15", "train resnet50"}
+    assert "needs CUDA" in report["skipped"]["inpaint sd15"] and report["ran"]["evaluate"]["agree"] is True

@@ -19,6 +19,7 @@ from dlcr_cli.reid.train import (
     DATASET_DEFAULTS,
     TrainSet,
     resolve_for_dataset,
+    saved_epoch,
     visible_fraction,
     visible_variants,
 )
@@ -163,13 +164,13 @@ def test_a_killed_run_resumes_to_the_same_model(synth_data, tmp_path, dlcr):
     assert whole.returncode == 0, whole.stderr
     child = subprocess.Popen([*args, "--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    state = tmp_path / "killed" / "state" / "training.json"
+    state = tmp_path / "killed" / "state" / "training.safetensors"
     deadline = time.monotonic() + 120
     while not state.is_file() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    done = json.loads(state.read_text())["epoch"]
+    done = saved_epoch(tmp_path / "killed")
     assert 1 <= done <= 4
     again = subprocess.run([*args, "--out", str(tmp_path / "killed"), "--resume"], env=env, capture_output=True,
                            text=True)
@@ -282,3 +283,11 @@ def test_a_short_run_with_generated_data_beats_chance_clearly_on_cc(dlcr, tmp_pa
     chance = float(np.mean(chances))
     assert cc["queries"] == len(chances)
     assert cc["rank1"] >= 2.5 * chance, (cc, chance)
+
+
+def test_a_corrupt_state_is_one_line(dlcr, synth_data, tmp_path):
+    first = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "1")
+    assert first.code == 0, first.stderr
+    (tmp_path / "run" / "state" / "training.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "2", "--resume")
+    assert run.code == 65 and "unreadable training state" in run.stderr

@@ -185,3 +185,126 @@ def train(
     print_report(report)
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
+
+
+@app.command("startup")
+def startup(
+    runs: Annotated[int, typer.Option(min=1, help="Whole `dlcr --help` processes to time.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")] = False,
+) -> None:
+    """Wall time of whole `dlcr --help` processes (what every TAB press pays) and of the CLI's
+    import, and the heavy modules it imported (none, by design).
+
+    Examples:
+
+        dlcr bench startup --runs 20
+    """
+    from dlcr_cli.bench.startup import run_startup_bench
+
+    report = run_startup_bench(runs)
+    _print_startup(report)
+    _maybe_json(report, as_json)
+
+
+@app.command("describe")
+def describe(
+    ids: Annotated[int, typer.Option(min=2, help="People of the synthetic dataset described.")] = 24,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")] = False,
+) -> None:
+    """Images/s of `describe --backend colors` (the weight-free baseline) on the synthetic data.
+
+    The VLM backend (LLaVA-1.5-7B) has no random-weight bench yet.
+
+    Examples:
+
+        dlcr bench describe --ids 48
+    """
+    from dlcr_cli.bench.startup import run_describe_bench
+
+    report = run_describe_bench(ids)
+    _print_describe(report)
+    _maybe_json(report, as_json)
+
+
+@app.command("all")
+def all_(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"device", "ran": {...}, "skipped": {...}} on stdout.')] = False,
+) -> None:
+    """Every measurement this machine can run, at its default size, and what it skipped and why.
+
+    On a CPU: startup, describe (colours), evaluate (MSMT17's size, reference included when
+    the memory allows), inpaint with the tiny pipeline (the code path) and train with
+    builtin:small; SD-1.5 inpainting and ResNet-50 training need CUDA.
+
+    Examples:
+
+        dlcr bench all --json > bench.json
+    """
+    import torch
+
+    from dlcr_cli.bench import device_label
+    from dlcr_cli.bench import evaluate as bench_evaluate
+    from dlcr_cli.bench.inpaint import BenchSettings, bench_device, run_inpaint_bench
+    from dlcr_cli.bench.inpaint import print_report as print_inpaint
+    from dlcr_cli.bench.startup import run_describe_bench, run_startup_bench
+    from dlcr_cli.bench.train import TrainBenchSettings, run_train_bench
+    from dlcr_cli.bench.train import print_report as print_train
+    from dlcr_cli.console import log
+    from dlcr_cli.runtime import resolve_device
+
+    device = resolve_device(state(ctx).device or "auto")
+    cuda = device.type == "cuda"
+    ran: dict = {}
+    skipped: dict = {}
+    ran["startup"] = run_startup_bench()
+    _print_startup(ran["startup"])
+    ran["describe colors"] = run_describe_bench()
+    _print_describe(ran["describe colors"])
+    skipped["describe vlm"] = "no random-weight LLaVA-1.5-7B bench yet"
+    evaluate = bench_evaluate.EvalBenchSettings()
+    free = bench_evaluate.available_bytes()
+    if free is not None and bench_evaluate.reference_bytes(evaluate) > 0.9 * free:
+        evaluate.reference = False
+        skipped["evaluate reference"] = "its Q x G matrix does not fit the available memory"
+    ran["evaluate"] = bench_evaluate.run_evaluate_bench(evaluate, device)
+    bench_evaluate.print_report(ran["evaluate"])
+    arch = "sd15" if cuda else "tiny"
+    if not cuda:
+        skipped["inpaint sd15"] = "needs CUDA (the tiny pipeline ran instead, to check the code path)"
+    ran[f"inpaint {arch}"] = run_inpaint_bench(BenchSettings.for_arch(arch), bench_device(arch, str(device)))
+    print_inpaint(ran[f"inpaint {arch}"])
+    train = TrainBenchSettings() if cuda else TrainBenchSettings(arch="small", size=(128, 64), steps=5, warmup=1)
+    if not cuda:
+        skipped["train resnet50"] = "minutes per step without CUDA (builtin:small at 128x64 ran instead)"
+    ran[f"train {train.arch}"] = run_train_bench(train, device)
+    print_train(ran[f"train {train.arch}"])
+    for name, why in skipped.items():
+        log.info("bench all: skipped %s: %s", name, why)
+    report = {"device": device_label(device), "torch": torch.__version__, "ran": ran, "skipped": skipped}
+    _maybe_json(report, as_json)
+
+
+def _print_startup(report: dict) -> None:
+    from dlcr_cli.console import stderr
+
+    h = report["help_seconds"]
+    heavy = ", ".join(report["heavy_modules_imported"]) or "none"
+    stderr.print(f"dlcr --help: median {h['median']:.3f} s of {h['runs']} processes ({h['min']:.3f} to "
+                 f"{h['max']:.3f}); import of the CLI {report['import_seconds']:.3f} s; heavy modules imported: {heavy}",
+                 highlight=False, soft_wrap=True)
+
+
+def _print_describe(report: dict) -> None:
+    from dlcr_cli.console import stderr
+
+    stderr.print(f"describe --backend colors: {report['images']} images in {report['seconds']:.2f} s, "
+                 f"{report['images_per_s']} images/s", highlight=False)
+
+
+def _maybe_json(report: dict, as_json: bool) -> None:
+    if as_json:
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps(report) + "\n")

@@ -114,9 +114,9 @@ def _check_run_folder(out: Path, s, resume: bool, generated: str | None) -> None
     import json
 
     from dlcr_cli.errors import UsageError
-    from dlcr_cli.reid.train import SETTINGS, STATE
+    from dlcr_cli.reid.train import SETTINGS, STATE_FILE
 
-    has_run = (out / STATE / "training.json").is_file()
+    has_run = (out / STATE_FILE).is_file()
     if has_run and not resume:
         raise UsageError(f"{out} holds a training run: --resume to continue it, or another --out")
     if not resume or not has_run:

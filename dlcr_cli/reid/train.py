@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from dlcr_cli.settings import TrainSettings
 
 STATE = "state"
+STATE_FILE = f"{STATE}/training.safetensors"
 METRICS = "metrics.jsonl"
 SETTINGS = "settings.json"
 
@@ -297,21 +298,14 @@ class Trainer:
                     tensors.update({f"{name}/{i}/{key}": torch.as_tensor(value) for key, value in values.items()})
             else:
                 tensors.update({f"{name}/{key}": value for key, value in state.items()})
-        folder = self.out / STATE
-        write_safetensors(folder / "training.safetensors", tensors)
-        _write_json(folder / "training.json", meta)
+        # One file, tensors and the rest (as JSON in its metadata), replaced atomically: a run
+        # killed while saving resumes from the previous epoch's state, never from half of each.
+        # One metadata key: safetensors writes several in a per-process random order.
+        write_safetensors(self.out / STATE_FILE, tensors, metadata={"training": json.dumps(meta)})
 
     def load_state(self) -> int:
         """Restore out/state; returns the epochs it had finished."""
-        folder = self.out / STATE
-        try:
-            meta = json.loads((folder / "training.json").read_text())
-            tensors = load_file(folder / "training.safetensors", device="cpu")  # tensors only: no pickle
-        except FileNotFoundError:
-            raise InputMissing(f"nothing to resume in {self.out}: no {STATE}/training.json (start without --resume)") \
-                from None
-        except (json.JSONDecodeError, OSError) as err:
-            raise MalformedInput(f"{folder}: unreadable training state ({err})") from None
+        meta, tensors = read_state(self.out)
         for name, obj in self.modules_and_optimizers().items():
             if isinstance(obj, torch.optim.Optimizer):
                 saved = meta["optimizers"][name]
@@ -328,11 +322,11 @@ class Trainer:
 
     # --- the loop ---
 
-    def fit(self, epochs: int, eval_every: int = 0) -> list[EpochStats]:
+    def fit(self, epochs: int, eval_every: int = 0, evaluate_last: bool = True) -> list[EpochStats]:
         stats = []
         for epoch in range(self.start_epoch, epochs):
             result = self.train_epoch(epoch, epochs)
-            last = epoch + 1 == epochs
+            last = evaluate_last and epoch + 1 == epochs
             if (last or (eval_every and (epoch + 1) % eval_every == 0)) and self._can_evaluate():
                 result.evaluation = self.evaluate()
             if self.shard.is_main:  # the state last: it is what --resume trusts
@@ -371,7 +365,9 @@ class Trainer:
                 counts["generated"] += len(batch.generated)
                 bar.advance()
                 if counts["batches"] % 20 == 0:  # reading the loss waits for the GPU: not every step
-                    bar.describe(f"epoch {epoch + 1}/{epochs} loss {float(sums['loss']) / counts['batches']:.3f}")
+                    rate = counts["images"] / (time.perf_counter() - start)
+                    bar.describe(f"epoch {epoch + 1}/{epochs} loss {float(sums['loss']) / counts['batches']:.3f} "
+                                 f"{rate:.0f} images/s")
         seconds = time.perf_counter() - start
         lr = self.opt.param_groups[0]["lr"]
         self.scheduler.step()
@@ -418,11 +414,26 @@ class Trainer:
             barrier()
 
 
-def _write_json(path: Path, value: Any) -> None:
-    from dlcr_cli.io import write_text_atomic
+def read_state(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The training state of the run in `out`: (its JSON part, its tensors). Safetensors only:
+    nothing is unpickled."""
+    from safetensors import SafetensorError, safe_open
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps(value, indent=2, default=str) + "\n", path)
+    path = out / STATE_FILE
+    if not path.is_file():
+        raise InputMissing(f"nothing to resume in {out}: no {STATE_FILE} (start without --resume)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["training"])
+        tensors = load_file(path, device="cpu")
+    except (SafetensorError, KeyError, ValueError, OSError) as err:
+        raise MalformedInput(f"{path}: unreadable training state ({err})") from None
+    return meta, tensors
+
+
+def saved_epoch(out: Path) -> int | None:
+    """Epochs finished by the run in `out`, None when it has no state."""
+    return int(read_state(out)[0]["epoch"]) if (out / STATE_FILE).is_file() else None
 
 
 def _append_metrics(path: Path, stats: EpochStats) -> None:

@@ -1,0 +1,74 @@
+"""dlcr demo --quick: the whole method end to end on the embedded data; the report's
+structure (not its numbers), the reuse of finished work, and bad options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+ROWS = ["baseline", "dlcr", "dlcr_no_progressive", "dlcr_refined"]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from dlcr_cli.cli import app
+
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(app, ["--device", "cpu", "demo", "--quick", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    return out, result
+
+
+def test_the_quick_demo_reports_every_row(quick):
+    out, result = quick
+    got = json.loads(result.stdout)
+    assert list(got) == ROWS
+    for row in ROWS:
+        assert set(got[row]) == {"standard", "sc", "cc", "train_seconds"}
+        assert got[row]["train_seconds"] > 0
+        for setting in ("standard", "sc", "cc"):
+            scores = got[row][setting]
+            assert set(scores) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "queries", "skipped"}
+            assert 0 <= scores["rank1"] <= scores["rank20"] <= 1 and scores["queries"] > 0
+    assert got["dlcr_refined"]["train_seconds"] == got["dlcr"]["train_seconds"]  # refinement trains nothing
+    for line in ("baseline (real images)", "+DLCR +refine", "+DLCR over the baseline on CC rank-1"):
+        assert line in result.stderr
+
+
+def test_the_report_folder(quick):
+    out, result = quick
+    report = out / "report"
+    table = (report / "results.md").read_text()
+    assert "| +DLCR without progressive |" in table and "CC R1" in table
+    saved = json.loads((report / "results.json").read_text())
+    assert saved["seeds"] == [0] and saved["per_seed"]["0"]["results"] == json.loads(result.stdout)
+    assert set(saved["per_seed"]["0"]["cc_cmc"]) == set(ROWS)
+    for picture in ("contact-sheet.png", "cmc.png"):
+        with Image.open(report / picture) as img:
+            assert img.width > 300 and img.height > 200
+    runs = out / "seed-0" / "runs"
+    assert {p.name for p in runs.iterdir()} == {"baseline", "dlcr", "dlcr_no_progressive"}
+    assert (runs / "dlcr" / "model.safetensors").is_file()
+
+
+def test_started_again_it_reuses_the_finished_work(quick):
+    from typer.testing import CliRunner
+
+    from dlcr_cli.cli import app
+
+    out, first = quick
+    again = CliRunner().invoke(app, ["--device", "cpu", "demo", "--quick", "--out", str(out), "--json"])
+    assert again.exit_code == 0, again.stderr
+    assert again.stderr.count("finished in an earlier run, reused") == 3
+    assert "demo: seed 0: training" not in again.stderr
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+
+
+@pytest.mark.parametrize("seeds", ["0,x", "1,1", "-1"])
+def test_bad_seeds(dlcr, tmp_path, seeds):
+    run = dlcr("demo", "--quick", "--out", tmp_path, "--seeds", seeds)
+    assert run.code == 2 and "--seeds" in run.stderr
