@@ -60,15 +60,33 @@ def test_exit_code_of_a_failed_item_reaches_the_shell(tmp_path):
     assert "001_1_c1_000.png" in run.stderr
 
 
+def _wait_until_idle(pid: int, quiet: float = 0.5, limit: float = 60) -> None:
+    """Until the process's CPU time has not moved for `quiet` seconds (Linux /proc)."""
+    import time
+
+    def cpu() -> int:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    start = last_change = time.monotonic()
+    seen = cpu()
+    while time.monotonic() - start < limit:
+        time.sleep(0.05)
+        now = cpu()
+        if now != seen:
+            seen, last_change = now, time.monotonic()
+        elif time.monotonic() - last_change >= quiet and time.monotonic() - start >= 1.0:
+            return
+
+
 def test_interrupt_exits_130_with_one_line(tmp_path):
     """Ctrl-C while dlcr waits for records on stdin: exit 130, no traceback."""
     import signal
-    import time
 
     proc = subprocess.Popen(["dlcr", "mask", "-", "--backend", "parsing", "--parsing-dir", str(tmp_path),
                              "--out", str(tmp_path / "o")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # let it start and block on stdin
+    _wait_until_idle(proc.pid)  # started and blocked on stdin, however loaded the machine is
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130

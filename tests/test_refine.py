@@ -138,7 +138,7 @@ def test_queries_without_variants_are_counted(dlcr, synth_data, trained, query_v
     some.write_text("\n".join(rows[:4]) + "\n")  # the 4 variants of one query
     run = dlcr("--device", "cpu", "refine", synth_data, "-c", trained, "--variants", some)
     assert run.code == 0, run.stderr
-    assert "queries have no variants and keep their original ranking" in run.stderr
+    assert "query images have no variants (a query without any keeps its original ranking)" in run.stderr
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -149,3 +149,51 @@ def test_queries_without_variants_are_counted(dlcr, synth_data, trained, query_v
 def test_bad_refine_options(dlcr, synth_data, trained, args, code, message):
     run = dlcr("--device", "cpu", "refine", synth_data, "-c", trained, *args)
     assert run.code == code and message in run.stderr, run.stderr
+
+
+def test_tracklet_variants_are_the_mean_of_their_frames_variants():
+    from dlcr_cli.reid.data import Sample
+    from dlcr_cli.reid.refine import pool_variant_tracklets
+
+    frames = [Sample(f"q{i}", 1, 0, 0, t) for i, t in enumerate(["a", "a", "b"])]
+    vf = np.zeros((3, 2, 2), np.float32)
+    vf[0, 0], vf[1, 0], vf[2, 1] = (1, 0), (0, 1), (0, 3)
+    ok = np.array([[True, False], [True, False], [False, True]])
+    pooled, has = pool_variant_tracklets(vf, ok, frames)
+    assert has.tolist() == [[True, False], [False, True]]
+    assert np.allclose(pooled[0, 0], [2**-0.5, 2**-0.5]) and np.allclose(pooled[1, 1], [0, 1])
+
+
+def test_refine_on_video_tracklets(dlcr, tmp_path):
+    from PIL import Image
+
+    from dlcr_cli.reid.model import build_model, save_checkpoint
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "CCVID"
+    lists = {"train.txt": ["session1/001_01 001 u1", "session1/002_01 002 u1"],
+             "query.txt": ["session1/010_03 010 u1", "session2/011_02 011 u1"],
+             "gallery.txt": ["session1/010_07 010 u2", "session2/011_05 011 u2", "session2/012_05 012 u1"]}
+    variants = []
+    for name, lines in lists.items():
+        root.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("\n".join(lines) + "\n")
+        for line in lines:
+            for frame in (1, 2):
+                path = root / line.split()[0] / f"{frame:05d}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(path)
+                if name == "query.txt":
+                    for k in range(2):
+                        variant = tmp_path / "qvar" / f"{line.split()[0].replace('/', '_')}_{frame}_v{k}.png"
+                        variant.parent.mkdir(parents=True, exist_ok=True)
+                        Image.fromarray(rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)).save(variant)
+                        variants.append({"image": str(variant), "source": str(path), "variant": k})
+    (tmp_path / "qvar.jsonl").write_text("".join(json.dumps(v) + "\n" for v in variants))
+    run_dir = save_checkpoint(build_model("builtin:small"), tmp_path / "run", {"image_size": [32, 16]})
+    run = dlcr("--device", "cpu", "refine", root, "-c", run_dir, "--variants", tmp_path / "qvar.jsonl", "-k", "2",
+               "--json")
+    assert run.code == 0, run.stderr
+    got = json.loads(run.stdout)
+    assert list(got["after"]) == ["standard", "cc"]
+    assert got["after"]["standard"]["queries"] + got["after"]["standard"]["skipped"] == 2  # two query tracklets

@@ -70,9 +70,6 @@ def inpaint(
 
         dlcr bench inpaint --arch tiny --images 10
     """
-    import json
-    import sys
-
     from dlcr_cli.bench.inpaint import (
         BenchSettings,
         bench_device,
@@ -87,8 +84,7 @@ def inpaint(
     device = bench_device(arch.value, state(ctx).device)
     result = run_inpaint_bench(settings, device, work_dir)
     print_report(result)
-    if as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
+    _maybe_json(result, as_json)
 
 
 @app.command("evaluate")
@@ -122,9 +118,6 @@ def evaluate(
 
         dlcr --device cuda bench evaluate --queries 50000 --gallery 500000 --no-reference
     """
-    import json
-    import sys
-
     from dlcr_cli.bench.evaluate import EvalBenchSettings, print_report, run_evaluate_bench
     from dlcr_cli.runtime import resolve_device
 
@@ -134,8 +127,7 @@ def evaluate(
     device = resolve_device(state(ctx).device or "auto")
     report = run_evaluate_bench(settings, device)
     print_report(report)
-    if as_json:
-        sys.stdout.write(json.dumps(report) + "\n")
+    _maybe_json(report, as_json)
 
 
 class TrainArch(str, Enum):
@@ -170,9 +162,6 @@ def train(
 
         dlcr --device cpu bench train --arch small --size 128x64 --steps 5
     """
-    import json
-    import sys
-
     from dlcr_cli.bench.train import TrainBenchSettings, print_report, run_train_bench
     from dlcr_cli.runtime import resolve_device
 
@@ -183,8 +172,7 @@ def train(
     device = resolve_device(state(ctx).device or "auto")
     report = run_train_bench(settings, device)
     print_report(report)
-    if as_json:
-        sys.stdout.write(json.dumps(report) + "\n")
+    _maybe_json(report, as_json)
 
 
 @app.command("startup")

@@ -45,16 +45,22 @@ def expand(
     """
     from dlcr_cli.stages.expand import run_expand
 
-    sections = _sections(set_ or [])
+    sections = stage_sections(set_ or [], weight_free, parsing_dir)
+    if variants is not None:
+        sections.setdefault("inpaint", {})["variants"] = variants
+    settings = state(ctx).resolve(**sections).settings
+    run_expand(input, out, settings, prompts_file=prompts, overwrite=overwrite, fail_fast=fail_fast)
+
+
+def stage_sections(assignments: list[str], weight_free: bool, parsing_dir: Path | None) -> dict[str, dict[str, Any]]:
+    """The stage settings of --set, --weight-free (backends not set otherwise) and --parsing-dir."""
+    sections = _sections(assignments)
     if weight_free:
         for name, values in WEIGHT_FREE.items():
             sections.setdefault(name, {}).update({k: v for k, v in values.items() if k not in sections[name]})
     if parsing_dir is not None:
         sections.setdefault("mask", {})["parsing_dir"] = parsing_dir
-    if variants is not None:
-        sections.setdefault("inpaint", {})["variants"] = variants
-    settings = state(ctx).resolve(**sections).settings
-    run_expand(input, out, settings, prompts_file=prompts, overwrite=overwrite, fail_fast=fail_fast)
+    return sections
 
 
 def _sections(assignments: list[str]) -> dict[str, dict[str, Any]]:

@@ -51,28 +51,31 @@ def refine(
     from dlcr_cli.errors import UsageError
     from dlcr_cli.reid.evaluate import evaluate_settings, extract_with_checkpoint, select_settings
     from dlcr_cli.reid.generated import read_generated
-    from dlcr_cli.reid.refine import evaluate_refined, query_variant_features
+    from dlcr_cli.reid.refine import evaluate_refined, pool_variant_tracklets, query_variant_features
     from dlcr_cli.runtime import resolve_device
 
     if (variants is None) == (not generate):
         raise UsageError("refine takes the query variants from --variants GEN, or makes them with --generate")
-    sections = _generation_sections(set_ or [], weight_free, parsing_dir) if generate else {}
+    from dlcr_cli.commands.expand import stage_sections
+
+    sections = stage_sections(set_ or [], weight_free, parsing_dir) if generate else {}
     resolved = state(ctx).resolve(refine=dict(variants=k, top=top), **sections).settings
     r, s = resolved.refine, resolved.evaluate
     device = resolve_device(resolved.device)
     extracted = extract_with_checkpoint(dataset, checkpoint, s, device)
     data = extracted.data
-    if data.video:
-        raise UsageError(f"{data.name}: refinement of video tracklets is not supported (image datasets only)")
     source = variants if variants is not None else str(_generate(dataset, work or checkpoint / "query-variants",
                                                                  resolved, r.variants, prompts))
     found = read_generated(source, data.query, what="query")
-    missing = sum(not found.get(q.path) for q in data.query)
+    missing = sum(not found.get(q.path) for q in data.query)  # frames, for video data
     if missing:
-        log.warning("refine: %d of %d queries have no variants and keep their original ranking", missing,
+        log.warning("refine: %d of %d query images have no variants (a query without any keeps its original "
+                    "ranking)", missing,
                     len(data.query))
     vf, ok = query_variant_features(extracted.model, data.query, found, r.variants, size=extracted.size,
                                     batch_size=s.batch_size, workers=s.workers, flip=s.flip, amp=s.amp)
+    if data.video:  # the queries are tracklets: so are their variants
+        vf, ok = pool_variant_tracklets(vf, ok, data.query)
     features = extracted.features
     wanted = [name.strip() for name in setting.split(",") if name.strip()] if setting else None
     chosen = select_settings(features, wanted)
@@ -86,18 +89,6 @@ def refine(
         from dlcr_cli.reid.evaluate import as_json as scores
 
         sys.stdout.write(json.dumps({"before": scores(before), "after": scores(after)}) + "\n")
-
-
-def _generation_sections(assignments: list[str], weight_free: bool, parsing_dir: Path | None) -> dict[str, Any]:
-    from dlcr_cli.commands.expand import WEIGHT_FREE, _sections
-
-    sections = _sections(assignments)
-    if weight_free:
-        for name, values in WEIGHT_FREE.items():
-            sections.setdefault(name, {}).update({k: v for k, v in values.items() if k not in sections[name]})
-    if parsing_dir is not None:
-        sections.setdefault("mask", {})["parsing_dir"] = parsing_dir
-    return sections
 
 
 def _generate(dataset: str, work: Path, settings: Any, k: int, prompts: Path | None) -> Path:

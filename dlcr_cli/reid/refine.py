@@ -148,3 +148,20 @@ def evaluate_refined(features: Any, vf: np.ndarray, ok: np.ndarray, settings: li
         scores = evaluate_distances(chunks, ql, gl, s.mode, device=device, chunk=auto_chunk(len(gf)))
         results.append(SettingResult(s, scores))
     return results
+
+
+def pool_variant_tracklets(vf: np.ndarray, ok: np.ndarray, queries: list) -> tuple[np.ndarray, np.ndarray]:
+    """Frames -> tracklets, as the query features are pooled: variant k of a tracklet is the
+    L2-normalised mean of variant k of its frames that have one."""
+    from dlcr_cli.reid.data import tracklet_groups
+
+    groups = tracklet_groups(queries)
+    out = np.zeros((len(groups), vf.shape[1], vf.shape[2]), np.float32)
+    has = np.zeros((len(groups), vf.shape[1]), bool)
+    for t, frames in enumerate(groups):
+        for k in range(vf.shape[1]):
+            chosen = frames[ok[frames, k]]
+            if len(chosen):
+                mean = vf[chosen, k].mean(0)
+                out[t, k], has[t, k] = mean / max(float(np.linalg.norm(mean)), 1e-12), True
+    return out, has
