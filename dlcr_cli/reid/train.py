@@ -371,12 +371,13 @@ class Trainer:
         seconds = time.perf_counter() - start
         lr = self.opt.param_groups[0]["lr"]
         self.scheduler.step()
+        sums, correct, counts = self._over_processes(sums, correct, counts)
         n = max(1, counts["batches"])
         mean = {key: float(value) / n for key, value in sums.items()}
         result = EpochStats(
             epoch + 1, mean.get("loss", 0.0), mean.get("id", 0.0), mean.get("clothes"), mean.get("cal"),
-            mean.get("triplet"), int(correct) / max(1, counts["images"]), lr, counts["images"] * self.shard.world,
-            counts["images"] * self.shard.world / seconds if seconds else 0.0, seconds, counts["generated"],
+            mean.get("triplet"), int(correct) / max(1, counts["images"]), lr, counts["images"],
+            counts["images"] / seconds if seconds else 0.0, seconds, counts["generated"],
             self.trainset.fraction_of(epoch) if self.trainset.variants else None,
         )
         log.info("epoch %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.1f images/s", epoch + 1, epochs, result.loss,
@@ -385,6 +386,24 @@ class Trainer:
 
     def step(self, batch: Batch, clothes_on: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
         return self.stepper.step(batch, clothes_on)
+
+    def _over_processes(self, sums: dict[str, torch.Tensor], correct: torch.Tensor, counts: dict[str, int]
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, int]]:
+        """The epoch's sums and counts over every process (summed), so the log and metrics.jsonl
+        describe the whole epoch, not the main process's share."""
+        if not self.shard.active:
+            return sums, correct, counts
+        import torch.distributed as dist
+
+        keys = sorted(sums)
+        packed = torch.stack([*(sums[k].to(torch.float64) for k in keys), correct.to(torch.float64),
+                              *(torch.tensor(float(counts[k]), dtype=torch.float64) for k in sorted(counts))])
+        packed = packed.to(self.device)
+        dist.all_reduce(packed)
+        values = packed.cpu().tolist()
+        total = {k: torch.tensor(v) for k, v in zip(keys, values)}
+        rest = values[len(keys):]
+        return total, torch.tensor(rest[0]), {k: int(v) for k, v in zip(sorted(counts), rest[1:])}
 
     # --- evaluation ---
 
