@@ -83,9 +83,12 @@ def test_interrupt_exits_130_with_one_line(tmp_path):
     """Ctrl-C while dlcr waits for records on stdin: exit 130, no traceback."""
     import signal
 
+    # A test runner started in the background of a script inherits SIGINT ignored, and so
+    # would dlcr (Python then installs no KeyboardInterrupt handler): give it a terminal's.
     proc = subprocess.Popen(["dlcr", "mask", "-", "--backend", "parsing", "--parsing-dir", str(tmp_path),
                              "--out", str(tmp_path / "o")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_until_idle(proc.pid)  # started and blocked on stdin, however loaded the machine is
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
