@@ -291,3 +291,13 @@ def test_a_corrupt_state_is_one_line(dlcr, synth_data, tmp_path):
     (tmp_path / "run" / "state" / "training.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "2", "--resume")
     assert run.code == 65 and "unreadable training state" in run.stderr
+
+
+def test_batches_pin_every_tensor(monkeypatch):
+    from dlcr_cli.reid.train import Batch, collate
+
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self)
+    batch = collate([(torch.zeros(3, 8, 4), 1, 2, torch.ones(3, 8, 4)), (torch.zeros(3, 8, 4), 5, 6, None)])
+    assert isinstance(batch.pin_memory(), Batch) and len(pinned) == 5
+    assert batch.generated.shape == (1, 3, 8, 4) and batch.generated_pids.tolist() == [1]

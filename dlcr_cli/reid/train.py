@@ -140,6 +140,12 @@ class Batch:
     """The variants of the real images that have one, in batch order."""
     generated_pids: torch.Tensor
 
+    def pin_memory(self) -> Batch:
+        """What the DataLoader calls with pin_memory=True: page-locked tensors copy to the GPU
+        asynchronously (non_blocking) while the previous step runs."""
+        return Batch(*(t.pin_memory() for t in (self.real, self.pids, self.clothes, self.generated,
+                                                 self.generated_pids)))
+
 
 def collate(items: list[tuple[torch.Tensor, int, int, torch.Tensor | None]]) -> Batch:
     real = torch.stack([item[0] for item in items])
@@ -346,6 +352,8 @@ class Trainer:
         self.trainset.set_epoch(epoch)
         for module in self.parallel.values():
             module.train()
+        # Workers are forked afresh each epoch (not persistent): they must see this epoch's
+        # set_epoch, which decides every augmentation and variant draw.
         loader = torch.utils.data.DataLoader(self.trainset, batch_sampler=self.sampler, num_workers=s.workers,
                                              collate_fn=collate, pin_memory=self.cuda,
                                              persistent_workers=False)
