@@ -33,8 +33,8 @@ def evaluate(
     k1: Annotated[Optional[int], typer.Option(help=f"Re-ranking: k-reciprocal neighbours.  \\[default: {D.k1}]", show_default=False)] = None,
     k2: Annotated[Optional[int], typer.Option(help=f"Re-ranking: query expansion neighbours.  \\[default: {D.k2}]", show_default=False)] = None,
     lambda_value: Annotated[Optional[float], typer.Option("--lambda", help=f"Re-ranking: weight of the original distance.  \\[default: {D.lambda_value}]", show_default=False)] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write cmc.png and retrieval-<setting>.png (queries and their top 10: green good, red wrong, grey junk) here.", file_okay=False, show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"<setting>": {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "queries", "skipped"}} on stdout (fractions in 0..1).')] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write cmc.png and retrieval-SETTING.png (queries and their top 10: green good, red wrong, grey junk) here.", file_okay=False, show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"SETTING": {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "queries", "skipped"}} on stdout (fractions in 0..1).')] = False,
 ) -> None:
     """Score a re-id model with the dataset's protocol: rank-1/5/10/20, mAP and mINP of every
     setting it defines (PRCC: sc and cc against camera A; LTCC, VC-Clothes: standard, sc, cc;

@@ -47,7 +47,7 @@ def inpaint(
     scheduler: Annotated[Optional[Scheduler], typer.Option(help=f"diffusion: default (the checkpoint's own) or dpm (DPM-Solver++, 20-25 steps suffice).  \\[default: {D.scheduler}]", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images per pipeline call.  \\[default: {D.batch_size}]", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed of the targets drawn and of every variant's noise.  \\[default: {D.seed}]", show_default=False)] = None,
-    format: Annotated[Optional[Format], typer.Option("--format", help=f"files: <stem>_v<k>.png per variant; strip: the released format, one PNG of K tiles and a .txt per source.  \\[default: {D.format}]", show_default=False)] = None,
+    format: Annotated[Optional[Format], typer.Option("--format", help=f"files: STEM_vK.png per variant; strip: the released format, one PNG of K tiles and a .txt per source.  \\[default: {D.format}]", show_default=False)] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="diffusion: torch.compile the UNet.  \\[default: no-compile]", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(help=f"Threads reading and writing images.  \\[default: {D.workers}]", show_default=False)] = None,
     preview: Annotated[Optional[Path], typer.Option("--preview", help="Also write a contact sheet PNG: the first sources, their masks and variants with prompts.", dir_okay=False, show_default=False)] = None,

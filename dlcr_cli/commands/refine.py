@@ -28,7 +28,7 @@ def refine(
     k: Annotated[Optional[int], typer.Option("--k", "-k", help=f"Variants per query used.  \\[default: {D.variants}]", show_default=False)] = None,
     top: Annotated[Optional[int], typer.Option("--top", help=f"Size of the top lists re-scored.  \\[default: {D.top}]", show_default=False)] = None,
     setting: Annotated[Optional[str], typer.Option("--setting", help="Settings to report, comma-separated, or all.  \\[default: all]", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"before": {<setting>: {...}}, "after": {...}} on stdout, each as dlcr evaluate --json.')] = False,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"before": {SETTING: {...}}, "after": {...}} on stdout, each as dlcr evaluate --json.')] = False,
 ) -> None:
     """Refine a model's rankings with K clothes-changed variants of every query (SPEC
     "refine") and report the dataset's settings before and after, side by side.
