@@ -162,7 +162,6 @@ def _train(out: Path, data: Any, settings: Any, variants: Any, device: Any, row:
 def _features(model: Any, data: Any, size: DemoSize) -> Any:
     from dlcr_cli.reid.features import extract_features
 
-    model.eval()
     return extract_features(model, data, size=size.image_size, workers=2)
 
 

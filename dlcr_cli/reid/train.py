@@ -23,8 +23,9 @@ exceed (0.25 up to 5 epochs, 0.5 up to 10, 0.75 up to 15, then 1).
 
 Run folder: model.safetensors + model.json (the model `dlcr evaluate` loads, written after
 every epoch), settings.json, metrics.jsonl (one line per epoch, plus evaluations), and
-state/ (weights, optimizer and scheduler states for `--resume`; safetensors and JSON, no
-pickle). Several processes (`accelerate launch -m dlcr_cli train`): each draws its share of
+state/training.safetensors (weights and both optimizers' tensors, with the epoch, the
+schedule and the optimizers' settings as JSON in its metadata: one atomic file for `--resume`,
+no pickle). Several processes (`accelerate launch -m dlcr_cli train`): each draws its share of
 the PK batches, gradients are averaged (DDP); only the main process logs and writes.
 """
 
@@ -364,7 +365,7 @@ class Trainer:
         start = time.perf_counter()
         with progress(f"epoch {epoch + 1}/{epochs}", len(self.sampler), unit="batches") as bar:
             for batch in loader:
-                losses, right, seen = self.step(batch, clothes_on)
+                losses, right, seen = self.stepper.step(batch, clothes_on)
                 for key, value in losses.items():
                     sums[key] = sums[key] + value if key in sums else value
                 correct += right
@@ -391,9 +392,6 @@ class Trainer:
         log.info("epoch %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.1f images/s", epoch + 1, epochs, result.loss,
                  result.accuracy, lr, result.images_per_s)
         return result
-
-    def step(self, batch: Batch, clothes_on: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
-        return self.stepper.step(batch, clothes_on)
 
     def _over_processes(self, sums: dict[str, torch.Tensor], correct: torch.Tensor, counts: dict[str, int]
                         ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, int]]:
@@ -426,8 +424,7 @@ class Trainer:
         from dlcr_cli.reid.features import extract_features
 
         features = extract_features(self.model, self.data, size=tuple(self.s.image_size),
-                                    workers=max(1, self.s.workers), amp=self.s.amp)
-        self.model.train()
+                                    workers=max(1, self.s.workers), amp=self.s.amp)  # gives back train mode
         results = evaluate_settings(features, features.settings, device=self.device)
         scores = as_json(results)
         log.info("evaluation: %s", ", ".join(f"{name} rank-1 {100 * v['rank1']:.1f} mAP {100 * v['mAP']:.1f}"
@@ -441,9 +438,9 @@ class Trainer:
             barrier()
 
 
-def read_state(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The training state of the run in `out`: (its JSON part, its tensors). Safetensors only:
-    nothing is unpickled."""
+def read_state(out: Path, tensors: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The training state of the run in `out`: (its JSON part, its tensors, unless `tensors`
+    is false). Safetensors only: nothing is unpickled."""
     from safetensors import SafetensorError, safe_open
 
     path = out / STATE_FILE
@@ -452,15 +449,14 @@ def read_state(out: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["training"])
-        tensors = load_file(path, device="cpu")
+        return meta, load_file(path, device="cpu") if tensors else {}
     except (SafetensorError, KeyError, ValueError, OSError) as err:
         raise MalformedInput(f"{path}: unreadable training state ({err})") from None
-    return meta, tensors
 
 
 def saved_epoch(out: Path) -> int | None:
-    """Epochs finished by the run in `out`, None when it has no state."""
-    return int(read_state(out)[0]["epoch"]) if (out / STATE_FILE).is_file() else None
+    """Epochs finished by the run in `out` (its metadata only), None when it has no state."""
+    return int(read_state(out, tensors=False)[0]["epoch"]) if (out / STATE_FILE).is_file() else None
 
 
 def _append_metrics(path: Path, stats: EpochStats) -> None:
