@@ -74,27 +74,22 @@ def train_settings(size: DemoSize, seed: int, progressive: bool) -> Any:
 
 
 def stage_settings(parsing_dir: Path, variants: int, splits: list[str]) -> Any:
-    """The weight-free backends of every stage-1 verb."""
+    """The weight-free backends of every stage-1 verb, on the defaults (not the user's config:
+    the demo's numbers must not depend on it)."""
     from dlcr_cli.settings import DEFAULTS
+    from dlcr_cli.stages.expand import WEIGHT_FREE
 
     d = DEFAULTS
-    return d.model_copy(update={
-        "mask": d.mask.model_copy(update={"backend": "parsing", "parsing_dir": parsing_dir, "labels": "lip"}),
-        "describe": d.describe.model_copy(update={"backend": "colors"}),
-        "summarize": d.summarize.model_copy(update={"backend": "vote"}),
-        "inpaint": d.inpaint.model_copy(update={"backend": "recolor", "variants": variants, "splits": splits}),
-    })
+    sections = {name: getattr(d, name).model_copy(update=values) for name, values in WEIGHT_FREE.items()}
+    sections["mask"] = sections["mask"].model_copy(update={"parsing_dir": parsing_dir, "labels": "lip"})
+    sections["inpaint"] = sections["inpaint"].model_copy(update={"variants": variants, "splits": splits})
+    return d.model_copy(update=sections)
 
 
 def _expand(data: Path, work: Path, settings: Any, prompts: Path | None, name: str) -> Path:
-    from dlcr_cli.records import record_json
-    from dlcr_cli.stages.expand import run_expand
+    from dlcr_cli.stages.expand import expand_to_file
 
-    out = work / f"{name}.jsonl"
-    records = run_expand(str(data), work, settings, prompts_file=prompts, overwrite=False, fail_fast=True,
-                         sink=lambda record: None)
-    out.write_text("".join(record_json(r) + "\n" for r in records))
-    return out
+    return expand_to_file(str(data), work, settings, work / f"{name}.jsonl", prompts_file=prompts, fail_fast=True)
 
 
 def run_seed(folder: Path, size: DemoSize, seed: int, device: Any) -> dict[str, Any]:

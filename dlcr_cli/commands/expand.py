@@ -9,8 +9,7 @@ import typer
 
 from dlcr_cli.commands.common import FailFastOpt, InputArg, OverwriteOpt, state
 
-WEIGHT_FREE = {"mask": {"backend": "parsing"}, "describe": {"backend": "colors"},
-               "summarize": {"backend": "vote"}, "inpaint": {"backend": "recolor"}}
+from dlcr_cli.stages.expand import WEIGHT_FREE
 
 
 def expand(

@@ -94,17 +94,12 @@ def refine(
 def _generate(dataset: str, work: Path, settings: Any, k: int, prompts: Path | None) -> Path:
     """Stage 1 on the queries into `work`; returns the file of the generated records."""
     from dlcr_cli.console import log
-    from dlcr_cli.records import record_json
-    from dlcr_cli.stages.expand import run_expand
+    from dlcr_cli.stages.expand import expand_to_file
 
     generation = settings.model_copy(update={"inpaint": settings.inpaint.model_copy(
         update={"splits": ["query"], "variants": k})})
     log.info("refine: generating %d variants of every query in %s", k, work)
-    records = run_expand(dataset, work, generation, prompts_file=prompts, overwrite=False, fail_fast=False,
-                         sink=lambda record: None)
-    path = work / "query-variants.jsonl"
-    path.write_text("".join(record_json(record) + "\n" for record in records))
-    return path
+    return expand_to_file(dataset, work, generation, work / "query-variants.jsonl", prompts_file=prompts)
 
 
 def _table(before, after, title: str) -> None:

@@ -172,6 +172,20 @@ def run_stage(name: str, records: list[Record], settings: Any, folder: Path, ove
     return StageRun(kept, tally.failed)
 
 
+WEIGHT_FREE = {"mask": {"backend": "parsing"}, "describe": {"backend": "colors"},
+               "summarize": {"backend": "vote"}, "inpaint": {"backend": "recolor"}}
+"""The weight-free backend of every stage (mask also needs a parsing_dir)."""
+
+
+def expand_to_file(input: str, out: Path, settings: Any, path: Path, *, prompts_file: Path | None,
+                   fail_fast: bool = False) -> Path:
+    """run_expand with the generated records written to `path` (JSONL) rather than stdout."""
+    records = run_expand(input, out, settings, prompts_file=prompts_file, overwrite=False, fail_fast=fail_fast,
+                         sink=lambda record: None)
+    path.write_text("".join(record_json(record) + "\n" for record in records))
+    return path
+
+
 def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | None, overwrite: bool,
                fail_fast: bool, sink: Callable[[Record], Any] | None = None) -> list[Record]:
     """Mask, describe, summarize and inpaint the source records of `input` into `out`, each
