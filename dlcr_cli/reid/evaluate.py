@@ -90,8 +90,7 @@ def evaluate_settings(features: FeatureSet, settings: Iterable[EvalSetting], *, 
     that have a good match are kept for retrieval strips."""
     results = []
     for setting in settings:
-        qf, gf = features.query[setting.query], features.gallery[setting.gallery]
-        ql, gl = _subset(features.query_labels, setting.query), _subset(features.gallery_labels, setting.gallery)
+        qf, gf, ql, gl = features.of(setting)
         rows = _queries_to_show(ql, gl, setting.mode, show)
         shown: dict[int, np.ndarray] = {}
         scores = _score(qf, gf, ql, gl, setting.mode, device, rerank, rows, shown)
@@ -110,10 +109,6 @@ def _score(qf: np.ndarray, gf: np.ndarray, ql: Labels, gl: Labels, mode: str, de
     else:
         chunks = reranked(qf, gf, rerank.k1, rerank.k2, rerank.lambda_value, device=device, chunk=chunk)
     return evaluate_distances(_keeping_top(chunks, rows, shown), ql, gl, mode, device=device, chunk=chunk)
-
-
-def _subset(labels: Labels, index: np.ndarray) -> Labels:
-    return Labels(labels.pids[index], labels.camids[index], labels.clothes[index])
 
 
 def _queries_to_show(query: Labels, gallery: Labels, mode: str, count: int) -> list[int]:
@@ -211,7 +206,7 @@ def _retrieval_strip(features: FeatureSet, result: SettingResult) -> Any:
     if not result.shown or qpaths is None or gpaths is None:
         return None
     s = result.setting
-    ql, gl = _subset(features.query_labels, s.query), _subset(features.gallery_labels, s.gallery)
+    _, _, ql, gl = features.of(s)
     rows = []
     for i, top in sorted(result.shown.items()):
         good, junk = _statuses(ql, gl, i, s.mode)

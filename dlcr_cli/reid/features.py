@@ -67,6 +67,11 @@ class FeatureSet:
     def paths(self, side: str) -> list[str] | None:
         return self.query_paths if side == "query" else self.gallery_paths
 
+    def of(self, setting: EvalSetting) -> tuple[np.ndarray, np.ndarray, Labels, Labels]:
+        """The setting's query and gallery features and labels."""
+        return (self.query[setting.query], self.gallery[setting.gallery], self.query_labels.take(setting.query),
+                self.gallery_labels.take(setting.gallery))
+
 
 def settings_over_all(n_query: int, n_gallery: int, modes: Sequence[str] = MODES) -> list[EvalSetting]:
     """One setting per mode over every query and gallery entry (what a bare feature file gets)."""
@@ -237,8 +242,9 @@ def _load_batch(images: Sequence[str | Variant], size: tuple[int, int]) -> torch
 def read_image(image: str | Variant) -> torch.Tensor:
     """3 x H x W uint8 RGB of a file or of a generated variant (its tile of a strip); a missing
     file is exit 66, an unreadable one 65, each naming the file."""
-    import torch
     from PIL import Image, UnidentifiedImageError
+
+    from dlcr_cli.reid.transforms import to_tensor
 
     path = image.path if isinstance(image, Variant) else image
     if not Path(path).is_file():
@@ -246,10 +252,9 @@ def read_image(image: str | Variant) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             rgb = img.convert("RGB")
-            array = np.array(image.crop(rgb) if isinstance(image, Variant) else rgb)
+            return to_tensor(image.crop(rgb) if isinstance(image, Variant) else rgb)
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise MalformedInput(f"{path}: unreadable image ({_reason(err)})") from None
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def pool_tracklets(features: FeatureSet, query: Sequence[Sample], gallery: Sequence[Sample]) -> FeatureSet:

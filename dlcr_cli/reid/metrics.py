@@ -57,6 +57,10 @@ class Labels:
     def __len__(self) -> int:
         return len(self.pids)
 
+    def take(self, index: np.ndarray) -> Labels:
+        """The labels of the entries at `index`, in that order."""
+        return Labels(self.pids[index], self.camids[index], self.clothes[index])
+
 
 @dataclass
 class Scores:

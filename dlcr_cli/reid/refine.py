@@ -136,15 +136,13 @@ def evaluate_refined(features: Any, vf: np.ndarray, ok: np.ndarray, settings: li
                      top: int = TOP) -> list:
     """SettingResult of every setting with the refined similarities (queries without variants
     keep their ranking)."""
-    from dlcr_cli.reid.evaluate import SettingResult, _subset
+    from dlcr_cli.reid.evaluate import SettingResult
     from dlcr_cli.reid.metrics import auto_chunk, evaluate_distances
 
     results = []
     for s in settings:
-        ql, gl = _subset(features.query_labels, s.query), _subset(features.gallery_labels, s.gallery)
-        gf = features.gallery[s.gallery]
-        chunks = refined_distance_chunks(features.query[s.query], vf[s.query], ok[s.query], gf, ql, gl, s.mode,
-                                         device=device, top=top)
+        qf, gf, ql, gl = features.of(s)
+        chunks = refined_distance_chunks(qf, vf[s.query], ok[s.query], gf, ql, gl, s.mode, device=device, top=top)
         scores = evaluate_distances(chunks, ql, gl, s.mode, device=device, chunk=auto_chunk(len(gf)))
         results.append(SettingResult(s, scores))
     return results

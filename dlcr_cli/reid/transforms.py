@@ -40,7 +40,12 @@ Size = tuple[int, int]
 def load_image(path: str | Path) -> torch.Tensor:
     """The image at `path` as a 3 x H x W uint8 tensor (RGB)."""
     with Image.open(path) as img:
-        array = np.array(img.convert("RGB"))  # a writable copy: from_numpy warns on read-only arrays
+        return to_tensor(img)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """A PIL image as a 3 x H x W uint8 tensor (RGB)."""
+    array = np.array(img.convert("RGB"))  # a writable copy: from_numpy warns on read-only arrays
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
