@@ -38,7 +38,9 @@ class DlcrGroup(TyperGroup):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _leave_process_group()
+            return result
         except DlcrError as err:
             _traceback_if_debug()
             error_line(str(err))
@@ -51,6 +53,14 @@ class DlcrGroup(TyperGroup):
             # The reader of our stdout went away (`dlcr mask ... | head`): stop quietly.
             _silence_stdout()
             raise typer.Exit(EXIT_BROKEN_PIPE) from None
+
+
+def _leave_process_group() -> None:
+    """A command run under a launcher ends by destroying its process groups (never imports torch)."""
+    if "torch.distributed" in sys.modules:
+        from dlcr_cli.distributed import leave_processes
+
+        leave_processes()
 
 
 def _traceback_if_debug() -> None:
