@@ -299,5 +299,93 @@ def test_batches_pin_every_tensor(monkeypatch):
     pinned = []
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self)
     batch = collate([(torch.zeros(3, 8, 4), 1, 2, torch.ones(3, 8, 4)), (torch.zeros(3, 8, 4), 5, 6, None)])
-    assert isinstance(batch.pin_memory(), Batch) and len(pinned) == 5
-    assert batch.generated.shape == (1, 3, 8, 4) and batch.generated_pids.tolist() == [1]
+    assert isinstance(batch.pin_memory(), Batch) and len(pinned) == 3
+    # real images first, then the variants of those that have one, with their pids
+    assert batch.images.shape == (3, 3, 8, 4) and (batch.real, batch.generated) == (2, 1)
+    assert batch.images[2].eq(1).all() and batch.pids.tolist() == [1, 5, 1] and batch.clothes.tolist() == [2, 6]
+
+
+def test_the_device_copy_reads_the_pinned_tensors(monkeypatch):
+    """The step hands the loader's pinned tensors themselves to .to(device): a host-side
+    torch.cat of real and generated images would make a pageable copy, and the
+    non_blocking copy would then wait for the GPU."""
+    from dlcr_cli.bench.train import TrainBenchSettings, make_batches, make_stepper
+
+    pinned: set[int] = set()
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.add(id(self)) or self)
+    s = TrainBenchSettings(arch="small", ids=2, images_per_id=2, size=(32, 16))
+    batch = make_batches(s, 1, pin=True)[0]
+    moved: list[int] = []
+    real_to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):
+        if self.dim() == 4:
+            moved.append(id(self))
+        return real_to(self, *args, **kwargs)
+
+    stepper = make_stepper(s, torch.device("cpu"), fast=True)
+    monkeypatch.setattr(torch.Tensor, "to", spy)
+    stepper.step(batch, clothes_on=True)
+    assert moved and all(tensor in pinned for tensor in moved[:1]), "the images copied are the pinned tensor"
+    assert id(batch.images) in pinned
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_epoch_totals_are_packed_on_the_collective_device(device):
+    """meta stands in for CUDA: losses summed on the device, counts made on the host; all
+    must meet on the device for the all-reduce (the first GPU run died here)."""
+    from dlcr_cli.reid.train import pack_totals, unpack_totals
+
+    sums = {"loss": torch.tensor(6.0, device=device), "id": torch.tensor(4.0, device=device)}
+    packed = pack_totals(sums, torch.tensor(7, device=device), {"batches": 3, "images": 24, "generated": 0},
+                         torch.device(device))
+    assert packed.device.type == device and packed.dtype == torch.float64 and packed.shape == (6,)
+    if device == "cpu":
+        total, correct, counts = unpack_totals(packed, sorted(sums), ["batches", "generated", "images"])
+        assert {k: float(v) for k, v in total.items()} == {"id": 4.0, "loss": 6.0}
+        assert int(correct) == 7 and counts == {"batches": 3, "generated": 0, "images": 24}
+
+
+def test_a_restored_optimizer_state_takes_its_parameters_layout():
+    """channels_last parameters (CUDA training) get their Adam moments back in NHWC, not in
+    the NCHW layout the state file holds."""
+    from dlcr_cli.reid.train import match_parameter_layouts
+
+    conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(conv.parameters())
+    conv(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    flat = {"state": {i: {k: v.contiguous() if torch.is_tensor(v) else v for k, v in st.items()}
+                      for i, st in saved["state"].items()}, "param_groups": saved["param_groups"]}
+    fresh = torch.optim.Adam(conv.parameters())
+    fresh.load_state_dict(flat)
+    weight = conv.weight
+    assert fresh.state[weight]["exp_avg"].stride() != weight.stride()  # what load_state_dict gives
+    match_parameter_layouts(fresh)
+    for key in ("exp_avg", "exp_avg_sq"):
+        moment = fresh.state[weight][key]
+        assert moment.stride() == weight.stride() and torch.equal(moment, saved["state"][0][key])
+
+
+@pytest.mark.parametrize("arch, unused", [
+    ("dinov2", ["backbone.model.embeddings.mask_token"]),
+    ("swin", ["backbone.model.swin.layernorm.weight", "backbone.model.swin.layernorm.bias"]),
+])
+def test_parameters_the_forward_never_uses_are_frozen(tmp_path, arch, unused):
+    """DINOv2's mask_token (it serves masked inputs only) and Swin's final layernorm (the
+    backbone normalises each stage itself) get no gradient: DDP would wait for them at the
+    first step. The probe moves no BatchNorm statistic."""
+    import tiny_backbones
+
+    from dlcr_cli.reid.model import build_model
+    from dlcr_cli.reid.train import freeze_unused_parameters
+
+    model = build_model(str(getattr(tiny_backbones, f"build_tiny_{arch}")(tmp_path / arch)))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = freeze_unused_parameters(model, (32, 16), torch.device("cpu"))
+    assert frozen == unused
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not freeze_unused_parameters(build_model("builtin:small"), (32, 16), torch.device("cpu"))

@@ -98,23 +98,29 @@ def make_stepper(s: TrainBenchSettings, device: torch.device, fast: bool) -> Ste
     return Stepper(modules, opt, opt_cc, pid2clothes, train, device, amp=fast and cuda, channels_last=fast and cuda)
 
 
-def make_batches(s: TrainBenchSettings, count: int) -> list[Batch]:
-    """`count` PK batches of random normalised images (CPU, pinned on CUDA machines)."""
+def make_batches(s: TrainBenchSettings, count: int, pin: bool | None = None) -> list[Batch]:
+    """`count` PK batches of random normalised images on the CPU, page-locked (`pin`, by
+    default when CUDA is there) as the trainer's loader hands them over, so the timed step
+    includes the same asynchronous copy."""
     import torch
 
     from dlcr_cli.reid.train import Batch
 
+    pin = torch.cuda.is_available() if pin is None else pin
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(count):
         pids = torch.randperm(s.num_pids, generator=g)[: s.ids].repeat_interleave(s.images_per_id)
         clothes = pids + s.num_pids * torch.randint(0, s.num_clothes // s.num_pids, pids.shape, generator=g)
-        real = torch.randn(len(pids), 3, *s.size, generator=g)
-        batches.append(Batch(real, pids, clothes, real[:0], pids[:0]))
+        batch = Batch(torch.randn(len(pids), 3, *s.size, generator=g), pids, clothes)
+        batches.append(batch.pin_memory() if pin else batch)
     return batches
 
 
 def time_row(name: str, s: TrainBenchSettings, device: torch.device, fast: bool, batches: list[Batch]) -> TrainRow:
+    import torch
+
+    torch.backends.cudnn.benchmark = True  # as the trainer runs, both rows
     stepper = make_stepper(s, device, fast)
     for batch in batches[: s.warmup]:  # cuDNN picks its kernels, the allocator fills up
         stepper.step(batch, clothes_on=True)
@@ -123,7 +129,7 @@ def time_row(name: str, s: TrainBenchSettings, device: torch.device, fast: bool,
     with cuda_timer(device) as timing:
         for batch in timed:
             stepper.step(batch, clothes_on=True)
-    row = TrainRow(name, sum(len(b.real) for b in timed), timing.seconds, peak_memory_gb(device))
+    row = TrainRow(name, sum(len(b.images) for b in timed), timing.seconds, peak_memory_gb(device))
     del stepper
     free_device_memory(device)
     log.info("bench: %s: %d images in %.2f s, %.1f images/s", name, row.images, row.seconds, row.images_per_s)

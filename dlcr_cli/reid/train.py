@@ -134,26 +134,35 @@ class TrainSet(torch.utils.data.Dataset):
 
 @dataclass
 class Batch:
-    real: torch.Tensor
+    images: torch.Tensor
+    """The real images, then the variants of those that have one (in batch order): one tensor,
+    so the device copy reads the page-locked memory the loader pinned, with no host-side
+    concatenation (a pageable copy, which makes the non_blocking copy synchronous)."""
     pids: torch.Tensor
+    """One per image."""
     clothes: torch.Tensor
-    generated: torch.Tensor
-    """The variants of the real images that have one, in batch order."""
-    generated_pids: torch.Tensor
+    """One per real image."""
+
+    @property
+    def real(self) -> int:
+        """How many of `images` are real (the first ones)."""
+        return len(self.clothes)
+
+    @property
+    def generated(self) -> int:
+        return len(self.images) - self.real
 
     def pin_memory(self) -> Batch:
         """What the DataLoader calls with pin_memory=True: page-locked tensors copy to the GPU
         asynchronously (non_blocking) while the previous step runs."""
-        return Batch(*(t.pin_memory() for t in (self.real, self.pids, self.clothes, self.generated,
-                                                 self.generated_pids)))
+        return Batch(self.images.pin_memory(), self.pids.pin_memory(), self.clothes.pin_memory())
 
 
 def collate(items: list[tuple[torch.Tensor, int, int, torch.Tensor | None]]) -> Batch:
-    real = torch.stack([item[0] for item in items])
     with_gen = [item for item in items if item[3] is not None]
-    generated = torch.stack([item[3] for item in with_gen]) if with_gen else real.new_zeros((0, *real.shape[1:]))
-    return Batch(real, torch.tensor([item[1] for item in items]), torch.tensor([item[2] for item in items]),
-                 generated, torch.tensor([item[1] for item in with_gen], dtype=torch.long))
+    images = torch.stack([item[0] for item in items] + [item[3] for item in with_gen])
+    pids = torch.tensor([item[1] for item in items] + [item[1] for item in with_gen], dtype=torch.long)
+    return Batch(images, pids, torch.tensor([item[2] for item in items], dtype=torch.long))
 
 
 # --- the trainer ------------------------------------------------------------------------------
@@ -206,11 +215,11 @@ class Stepper:
         """Returns the losses and the correct identity predictions as detached device tensors
         (read once per epoch: a .item() per step would stall the GPU) and the images seen."""
         s, m = self.s, self.modules
-        images = torch.cat([batch.real, batch.generated]).to(self.device, non_blocking=True)
-        if self.channels_last:
+        images = batch.images.to(self.device, non_blocking=True)
+        if self.channels_last:  # on the device: a host-side conversion would be a pageable copy
             images = images.contiguous(memory_format=torch.channels_last)
-        pids = torch.cat([batch.pids, batch.generated_pids]).to(self.device, non_blocking=True)
-        real_pids, clothes = pids[: len(batch.real)], batch.clothes.to(self.device, non_blocking=True)
+        pids = batch.pids.to(self.device, non_blocking=True)
+        real_pids, clothes = pids[: batch.real], batch.clothes.to(self.device, non_blocking=True)
         losses: dict[str, torch.Tensor] = {}
         with self._autocast():
             features = m["model"](images)
@@ -220,7 +229,7 @@ class Stepper:
             losses["triplet"] = triplet_loss(features, pids, s.triplet_margin)
             loss = loss + s.triplet_weight * losses["triplet"]
         if clothes_on:
-            real_features = features[: len(batch.real)]
+            real_features = features[: batch.real]
             with self._autocast():
                 cc_logits = m["clothes"](real_features.detach())
             losses["clothes"] = clothes_loss(cc_logits, clothes, s.cal_scale)
@@ -250,6 +259,8 @@ class Trainer:
         s = self.s = settings
         self.data, self.out, self.device, self.shard = data, out, device, current_shard()
         self.cuda = device.type == "cuda"
+        if self.cuda:  # fixed image sizes: cuDNN's measured choice of kernels pays for itself
+            torch.backends.cudnn.benchmark = True
         torch.manual_seed(s.seed)
         self.model: ReidModel = build_model(s.backbone, device=device)
         if self.cuda and s.channels_last:
@@ -276,11 +287,17 @@ class Trainer:
         modules = {"model": self.model, "id": self.id_clf, "clothes": self.clothes_clf}
         if not self.shard.active:
             return modules
-        from accelerate import PartialState
         from torch.nn.parallel import DistributedDataParallel
 
-        PartialState()  # initialises the process group from the launcher's variables
-        ids = [self.device.index] if self.cuda else None
+        from dlcr_cli.distributed import join_processes
+
+        join_processes(self.device)
+        unused = freeze_unused_parameters(self.model, self.s.image_size, self.device)
+        if unused:
+            log.debug("train: %d backbone parameters the forward never uses are frozen: %s", len(unused),
+                      ", ".join(unused))
+        ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] if self.cuda \
+            else None
         return {name: DistributedDataParallel(module, device_ids=ids) for name, module in modules.items()}
 
     # --- state ---
@@ -319,6 +336,7 @@ class Trainer:
                 state = {int(i): {key: tensors[f"{name}/{i}/{key}"] for key in keys}
                          for i, keys in saved["state"].items()}
                 obj.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+                match_parameter_layouts(obj)
             else:
                 prefix = f"{name}/"
                 obj.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -371,7 +389,7 @@ class Trainer:
                 correct += right
                 counts["batches"] += 1
                 counts["images"] += seen
-                counts["generated"] += len(batch.generated)
+                counts["generated"] += batch.generated
                 bar.advance()
                 if counts["batches"] % 20 == 0:  # reading the loss waits for the GPU: not every step
                     rate = counts["images"] / (time.perf_counter() - start)
@@ -401,15 +419,9 @@ class Trainer:
             return sums, correct, counts
         import torch.distributed as dist
 
-        keys = sorted(sums)
-        packed = torch.stack([*(sums[k].to(torch.float64) for k in keys), correct.to(torch.float64),
-                              *(torch.tensor(float(counts[k]), dtype=torch.float64) for k in sorted(counts))])
-        packed = packed.to(self.device)
+        packed = pack_totals(sums, correct, counts, self.device)
         dist.all_reduce(packed)
-        values = packed.cpu().tolist()
-        total = {k: torch.tensor(v) for k, v in zip(keys, values)}
-        rest = values[len(keys):]
-        return total, torch.tensor(rest[0]), {k: int(v) for k, v in zip(sorted(counts), rest[1:])}
+        return unpack_totals(packed, sorted(sums), sorted(counts))
 
     # --- evaluation ---
 
@@ -436,6 +448,53 @@ class Trainer:
             from dlcr_cli.distributed import barrier
 
             barrier()
+
+
+def pack_totals(sums: dict[str, torch.Tensor], correct: torch.Tensor, counts: dict[str, int],
+                device: torch.device) -> torch.Tensor:
+    """The epoch's loss sums, correct predictions and counts as one float64 tensor on `device`
+    (the collective's): every part is moved there, the counts made on the host included."""
+    parts = [*(sums[k] for k in sorted(sums)), correct, *(torch.tensor(float(counts[k])) for k in sorted(counts))]
+    return torch.stack([part.to(device=device, dtype=torch.float64) for part in parts])
+
+
+def unpack_totals(packed: torch.Tensor, sum_keys: list[str], count_keys: list[str]
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, int]]:
+    values = packed.cpu().tolist()
+    sums = {k: torch.tensor(v) for k, v in zip(sum_keys, values)}
+    rest = values[len(sum_keys):]
+    return sums, torch.tensor(rest[0]), {k: int(v) for k, v in zip(count_keys, rest[1:])}
+
+
+def freeze_unused_parameters(model: nn.Module, size: Sequence[int], device: torch.device) -> list[str]:
+    """Freeze the parameters one forward never reaches (DINOv2's `mask_token`, used only with
+    masked inputs; Swin's final norms): DDP would stop at the first step waiting for their
+    gradients. Found by one backward of two random images in eval mode (no running statistic
+    moves, no global random stream is drawn from); a parameter that never gets a gradient stays
+    as it is under Adam either way, so a run in one process is unchanged by this. Returns
+    their names."""
+    was_training = model.training
+    model.eval()
+    images = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    model(images).float().sum().backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for name, p in model.named_parameters():
+        p.grad = None
+        if name in unused:
+            p.requires_grad_(False)
+    model.train(was_training)
+    return unused
+
+
+def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor of `optimizer` its parameter's memory layout.
+    A restored state comes in the saved (contiguous, NCHW) layout, while channels_last
+    parameters are NHWC: the update would then mix layouts, off the fused fast path."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def read_state(out: Path, tensors: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
