@@ -389,3 +389,113 @@ def test_parameters_the_forward_never_uses_are_frozen(tmp_path, arch, unused):
     assert model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not freeze_unused_parameters(build_model("builtin:small"), (32, 16), torch.device("cpu"))
+
+
+# --- reuse only on the same inputs (a changed input refuses --resume; a speed setting does not) ----
+
+
+def test_the_logged_fraction_is_what_the_data_set_drew_from(dlcr, synth_data, generated, tmp_path):
+    """metrics.jsonl reports the fraction the training set really used each epoch: a trainer
+    that stopped telling the data set its epoch would stay at the first fraction."""
+    env = {"DLCR_TRAIN__PROGRESSIVE_EPOCHS": "[0, 1]", "DLCR_TRAIN__PROGRESSIVE_FRACTIONS": "[0.25, 0.5, 1.0]"}
+    run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "3",
+               "--generated", generated, "--eval-every", "0", env=env)
+    assert run.code == 0, run.stderr
+    assert [row["visible_fraction"] for row in metrics(tmp_path / "run")] == [0.25, 0.5, 1.0]
+
+
+@pytest.fixture()
+def copied_data(synth_data, tmp_path):
+    import shutil
+
+    shutil.copytree(synth_data, tmp_path / "data")
+    return tmp_path / "data"
+
+
+def test_resume_refuses_other_generated_images_and_names_them(dlcr, synth_data, generated, tmp_path):
+    base = ("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--eval-every", "0")
+    first = dlcr(*base, "--epochs", "1", "--generated", generated)
+    assert first.code == 0, first.stderr
+    without = dlcr(*base, "--epochs", "2", "--resume")
+    assert without.code == 2 and "--generated (given then, not now)" in without.stderr, without.stderr
+    fewer = tmp_path / "fewer.jsonl"
+    fewer.write_text("".join(line + "\n" for line in generated.read_text().splitlines()[::2]))
+    other = dlcr(*base, "--epochs", "2", "--resume", "--generated", fewer)
+    assert other.code == 2 and "the generated images" in other.stderr, other.stderr
+    for line in (without, other):
+        assert line.stderr.strip().splitlines()[-1].startswith("dlcr: error: --resume") and "Traceback" not in line.stderr
+    assert len(metrics(tmp_path / "run")) == 1  # nothing was trained on other inputs
+
+
+def test_resume_refuses_changed_training_images(dlcr, copied_data, tmp_path):
+    from PIL import Image
+
+    base = ("--device", "cpu", "train", copied_data, "--out", tmp_path / "run", *SMALL, "--eval-every", "0")
+    assert dlcr(*base, "--epochs", "1").code == 0
+    from dlcr_cli.reid.data import load_reid_data
+
+    image = load_reid_data(str(copied_data)).train[0].path
+    pixels = np.asarray(Image.open(image).convert("RGB")).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    Image.fromarray(pixels).save(image)
+    changed = dlcr(*base, "--epochs", "2", "--resume")
+    assert changed.code == 2, changed.stderr
+    assert "the training images (1 of" in changed.stderr and "content" in changed.stderr
+
+
+def test_resume_with_other_speed_settings_reads_no_file_again(dlcr, synth_data, tmp_path):
+    base = ("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--eval-every", "0")
+    assert dlcr(*base, "--epochs", "1").code == 0
+    cache = tmp_path / "run" / "state" / ".dlcr-digests.json"
+    before = cache.stat().st_mtime_ns
+    again = dlcr(*base, "--epochs", "2", "--resume", "--workers", "1")
+    assert again.code == 0, again.stderr
+    assert cache.stat().st_mtime_ns == before, "every digest came from the cache"
+    assert [r["epoch"] for r in metrics(tmp_path / "run")] == [1, 2]
+
+
+def test_a_state_that_does_not_fit_the_model_is_one_line(dlcr, synth_data, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    base = ("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--eval-every", "0")
+    assert dlcr(*base, "--epochs", "1").code == 0
+    path = tmp_path / "run" / "state" / "training.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(path)
+    tensors["id_classifier/weight"] = torch.zeros(99, tensors["id_classifier/weight"].shape[1])
+    save_file(tensors, path, metadata=meta)
+    run = dlcr(*base, "--epochs", "2", "--resume")
+    assert run.code == 65 and "does not fit this model" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--image-size", "0x32"), "--image-size: height and width must be positive"),
+    (("--batch", "0x4"), "--batch: identities and images per identity must be positive"),
+    (("--epochs", "0"), "epochs"),
+])
+def test_out_of_range_numbers_are_usage_errors(dlcr, synth_data, tmp_path, args, message):
+    run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, *args)
+    assert run.code == 2 and message in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "run").exists()
+
+
+def test_the_cal_step_uses_every_clothes_class_of_the_identity(monkeypatch):
+    """S+(i) in the CAL loss: all clothing classes of sample i's identity (CAL's pid2clothes
+    row), not its own class only."""
+    import dlcr_cli.reid.train as train
+    from dlcr_cli.bench.train import TrainBenchSettings, make_batches, make_stepper
+
+    s = TrainBenchSettings(arch="small", ids=2, images_per_id=2, size=(32, 16), num_pids=4, num_clothes=12)
+    stepper = make_stepper(s, torch.device("cpu"), fast=False)
+    batch = make_batches(s, 1, pin=False)[0]
+    seen = []
+    real_cal = train.cal_loss
+    monkeypatch.setattr(train, "cal_loss", lambda logits, clothes, pos, *a: seen.append(pos) or real_cal(logits, clothes, pos, *a))
+    stepper.step(batch, clothes_on=True)
+    (mask,) = seen
+    assert torch.equal(mask, stepper.pid2clothes[batch.pids[: batch.real]])
+    assert mask.sum(1).tolist() == [3] * batch.real  # 12 classes over 4 identities: 3 each
+    assert mask[torch.arange(batch.real), batch.clothes].all()

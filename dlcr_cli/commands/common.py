@@ -103,6 +103,8 @@ def parse_size(text: str, option: str) -> tuple[int, int]:
         height, width = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise UsageError(f"{option} takes HEIGHTxWIDTH, e.g. 128x64; got {text!r}") from None
+    if height < 1 or width < 1:
+        raise UsageError(f"{option}: height and width must be positive; got {text!r}")
     return height, width
 
 
@@ -125,4 +127,6 @@ def parse_pk(text: str, option: str = "--batch") -> tuple[int, int]:
         p, k = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise UsageError(f"{option} takes PxK (identities x images each), e.g. 8x8; got {text!r}") from None
+    if p < 1 or k < 1:
+        raise UsageError(f"{option}: identities and images per identity must be positive; got {text!r}")
     return p, k

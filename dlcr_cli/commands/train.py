@@ -82,16 +82,17 @@ def train(
     s = resolve_for_dataset(settings.train, data.name)
     _check_run_folder(out, s, resume, generated)
     variants = _variants(generated, data)
+    shard = current_shard()
+    inputs = _check_inputs(out, data, variants, s.backbone, resume) if shard.is_main else None
     device = resolve_device(settings.device)
     trainer = Trainer(data, s, out, device=device, variants=variants)
-    shard = current_shard()
     if resume:
         done = trainer.load_state()
         log.info("train: resuming %s after epoch %d of %d", out, done, s.epochs)
         if shard.is_main:
             truncate_metrics(out / "metrics.jsonl", done)
     if shard.is_main:
-        _write_settings(out, s, dataset, generated)
+        _write_settings(out, s, dataset, generated, inputs)
     trainer.fit(s.epochs, s.eval_every)
     if shard.is_main:
         _summary(out, as_json)
@@ -131,13 +132,36 @@ def _check_run_folder(out: Path, s, resume: bool, generated: str | None) -> None
         raise UsageError(f"--resume keeps the run's settings; these differ from {out / SETTINGS}: {', '.join(changed)}")
 
 
-def _write_settings(out: Path, s, dataset: str, generated: str | None) -> None:
+def _check_inputs(out: Path, data, variants, backbone: str, resume: bool) -> dict[str, Any]:
+    """The run's inputs now; a resumed run must have been trained on the same ones."""
+    import json
+
+    from dlcr_cli.errors import UsageError
+    from dlcr_cli.reid.train import INPUTS_FILE, STATE_FILE, changed_inputs, run_inputs
+
+    inputs = run_inputs(data, variants, backbone, out)
+    if not resume or not (out / STATE_FILE).is_file():
+        return inputs
+    try:
+        before = json.loads((out / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"--resume: {out} has no readable record of its inputs ({INPUTS_FILE}); "
+                         f"start a new run with another --out") from None
+    changed = changed_inputs(before, inputs)
+    if changed:
+        raise UsageError(f"--resume continues a run on the inputs it started with; changed since: {'; '.join(changed)}")
+    return inputs
+
+
+def _write_settings(out: Path, s, dataset: str, generated: str | None, inputs: dict[str, Any] | None) -> None:
     import json
 
     from dlcr_cli.io import write_text_atomic
-    from dlcr_cli.reid.train import SETTINGS
+    from dlcr_cli.reid.train import INPUTS_FILE, SETTINGS
 
-    out.mkdir(parents=True, exist_ok=True)
+    (out / INPUTS_FILE).parent.mkdir(parents=True, exist_ok=True)
+    if inputs is not None:
+        write_text_atomic(json.dumps(inputs) + "\n", out / INPUTS_FILE)
     write_text_atomic(json.dumps(_settings_record(s, dataset, generated), indent=2) + "\n", out / SETTINGS)
 
 

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
 STATE = "state"
 STATE_FILE = f"{STATE}/training.safetensors"
+INPUTS_FILE = f"{STATE}/inputs.json"
 METRICS = "metrics.jsonl"
 SETTINGS = "settings.json"
 
@@ -112,6 +113,11 @@ class TrainSet(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def visible_fraction(self) -> float | None:
+        """The fraction of the variants this epoch's draws use (None without variants): what
+        the log reports, read from the data set itself rather than from the schedule."""
+        return self.fraction_of(self.epoch) if self.variants else None
 
     def variant_index(self, index: int, k: int) -> int:
         n = visible_variants(k, self.fraction_of(self.epoch))
@@ -328,8 +334,19 @@ class Trainer:
         write_safetensors(self.out / STATE_FILE, tensors, metadata={"training": json.dumps(meta)})
 
     def load_state(self) -> int:
-        """Restore out/state; returns the epochs it had finished."""
+        """Restore out/state; returns the epochs it had finished. A state that does not fit
+        this model (another backbone, other classes) is one line, not a traceback."""
         meta, tensors = read_state(self.out)
+        try:
+            self._restore(meta, tensors)
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise MalformedInput(f"{self.out / STATE_FILE}: the training state does not fit this model "
+                                 f"({first[:200]})") from None
+        self.start_epoch = int(meta["epoch"])
+        return self.start_epoch
+
+    def _restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         for name, obj in self.modules_and_optimizers().items():
             if isinstance(obj, torch.optim.Optimizer):
                 saved = meta["optimizers"][name]
@@ -342,8 +359,6 @@ class Trainer:
                 obj.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         self.scheduler.last_epoch = int(meta["scheduler"]["last_epoch"])
         self.scheduler._last_lr = list(meta["scheduler"]["last_lr"])
-        self.start_epoch = int(meta["epoch"])
-        return self.start_epoch
 
     # --- the loop ---
 
@@ -405,7 +420,7 @@ class Trainer:
             epoch + 1, mean.get("loss", 0.0), mean.get("id", 0.0), mean.get("clothes"), mean.get("cal"),
             mean.get("triplet"), int(correct) / max(1, counts["images"]), lr, counts["images"],
             counts["images"] / seconds if seconds else 0.0, seconds, counts["generated"],
-            self.trainset.fraction_of(epoch) if self.trainset.variants else None,
+            self.trainset.visible_fraction(),
         )
         log.info("epoch %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.1f images/s", epoch + 1, epochs, result.loss,
                  result.accuracy, lr, result.images_per_s)
@@ -448,6 +463,55 @@ class Trainer:
             from dlcr_cli.distributed import barrier
 
             barrier()
+
+
+# --- what a run was trained on ---------------------------------------------------------------
+
+
+def run_inputs(data: ReidData, variants: dict[str, list[Variant]] | None, backbone: str, out: Path) -> dict[str, Any]:
+    """What a run's epochs are made of besides its settings (see `dlcr_cli.fingerprint`): every
+    training image with its labels and content digest, every generated variant with its
+    digest, and the backbone's revision. Digests are cached in the run's state folder."""
+    from dlcr_cli.fingerprint import CACHE_NAME, Digests, model_revision
+
+    digests = Digests(out / STATE / CACHE_NAME)
+    sources = [x.path for x in data.train]
+    tiles = [(path, v) for path in sorted(variants or {}) for v in variants[path]]
+    files = sorted({*sources, *(v.path for _, v in tiles)})
+    if len(files) > 5000:
+        log.info("train: reading the digests of %d input files (cached for --resume)", len(files))
+    digest = dict(zip(files, digests.many(files)))
+    digests.save()
+    return {
+        "dataset": data.name,
+        "train": [[x.path, x.pid, x.clothes, x.camid, digest[x.path]] for x in data.train],
+        "generated": None if variants is None else [[path, v.path, v.tile, digest[v.path]] for path, v in tiles],
+        "backbone": backbone,
+        "backbone_revision": "" if backbone.startswith("builtin:") else model_revision(backbone),
+    }
+
+
+def changed_inputs(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two `run_inputs`, in words (empty: the same inputs)."""
+    changes = []
+    if before.get("dataset") != now["dataset"]:
+        changes.append(f"the dataset ({before.get('dataset')} then, {now['dataset']} now)")
+    if before.get("train") != now["train"]:
+        changes.append(f"the training images ({_differing(before.get('train') or [], now['train'])})")
+    if (before.get("generated") is None) != (now["generated"] is None):
+        changes.append("--generated (given then, not now)" if now["generated"] is None else
+                       "--generated (not given then, given now)")
+    elif before.get("generated") != now["generated"]:
+        changes.append(f"the generated images ({_differing(before['generated'], now['generated'])})")
+    if before.get("backbone_revision") != now["backbone_revision"]:
+        changes.append(f"the weights of backbone {now['backbone']}")
+    return changes
+
+
+def _differing(before: list, now: list) -> str:
+    old, new = {tuple(x) for x in before}, {tuple(x) for x in now}
+    return f"{len(new - old)} of {len(new)} differ in path, labels or content" if new - old else \
+        f"{len(old - new)} of {len(old)} are gone"
 
 
 def pack_totals(sums: dict[str, torch.Tensor], correct: torch.Tensor, counts: dict[str, int],
