@@ -1,0 +1,77 @@
+"""The reuse rule's mechanism: content digests cached by size and mtime, fingerprints of parts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from dlcr_cli.fingerprint import MISSING, Digests, file_digest, files_fingerprint, fingerprint, model_revision
+
+
+def test_fingerprints_are_stable_and_order_free_for_dict_keys():
+    assert fingerprint({"a": 1, "b": [1, 2]}, "x") == fingerprint({"b": [1, 2], "a": 1}, "x")
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2}) != fingerprint({"a": 1}, "")
+    assert len(fingerprint()) == 64
+
+
+def test_the_cache_answers_for_unchanged_files_and_reads_changed_ones(tmp_path):
+    files = [tmp_path / f"{i}.bin" for i in range(5)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 100)
+    cache = tmp_path / "cache.json"
+    first = Digests(cache)
+    digests = first.many(files)
+    first.save()
+    assert first.read == 5 and digests == [file_digest(f) for f in files] and len(set(digests)) == 5
+    again = Digests(cache)
+    assert again.many(files) == digests and again.read == 0
+    # same size, new content and mtime: read again, new digest
+    files[2].write_bytes(b"\xff" * 100)
+    os.utime(files[2], ns=(1, 1))
+    third = Digests(cache)
+    changed = third.many(files)
+    assert third.read == 1 and changed[2] != digests[2] and changed[:2] == digests[:2]
+
+
+def test_a_cache_that_lies_about_a_file_is_not_believed_after_a_change(tmp_path):
+    f = tmp_path / "img.png"
+    f.write_bytes(b"one")
+    cache = tmp_path / "cache.json"
+    d = Digests(cache)
+    d.of(f)
+    d.save()
+    known = json.loads(cache.read_text())
+    f.write_bytes(b"two!")  # another size
+    assert Digests(cache).of(f) == file_digest(f) != known[str(f)][2]
+
+
+def test_missing_files_and_a_corrupt_cache(tmp_path):
+    cache = tmp_path / "cache.json"
+    cache.write_text("{not json")
+    d = Digests(cache)
+    assert d.of(tmp_path / "nope.png") == MISSING
+    (tmp_path / "a").write_bytes(b"a")
+    assert d.of(tmp_path / "a") == file_digest(tmp_path / "a")
+    d.save()
+    assert str(tmp_path / "a") in json.loads(cache.read_text())
+
+
+def test_a_files_fingerprint_follows_content_and_paths(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(b"1")
+    b.write_bytes(b"2")
+    d = Digests()
+    fp = files_fingerprint([a, b], d)
+    assert fp == files_fingerprint([a, b], Digests()) != files_fingerprint([b, a], d)
+    b.write_bytes(b"3")
+    assert files_fingerprint([a, b], Digests()) != fp
+
+
+def test_a_local_model_folder_changes_its_revision_when_a_file_changes(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    before = model_revision(str(tmp_path / "m"))
+    assert before == model_revision(str(tmp_path / "m"))
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"weights")
+    assert model_revision(str(tmp_path / "m")) != before
+    assert model_revision("no-such-org/no-such-model") == ""
