@@ -3,31 +3,40 @@
 An entry is keyed by (kind, model, dtype, device): a model loaded once serves every later
 request in the process (several stages in one run, `refine` generating query variants, the
 tests), and the same model in another dtype or on another device is another entry. Under
-GPU memory pressure, idle entries move to the CPU before a new model is loaded, and move
-back when asked for again.
+GPU memory pressure, idle entries move to the CPU before a new model is loaded (counting the
+new model's size where its weight files tell it), and move back when asked for again; a
+load that runs out of GPU memory all the same moves them and tries once more.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from dlcr_cli.console import log
 from dlcr_cli.errors import Unavailable
 from dlcr_cli.settings import env_name
+
+T = TypeVar("T")
 
 Key = tuple[str, str, str, str]
 
 PRESSURE = 0.25
-"""Free fraction of GPU memory under which idle models are offloaded before a load."""
+"""Free fraction of GPU memory (after the incoming model, where its size is known) under
+which idle models are offloaded before a load."""
 
 
 @dataclass
 class Entry:
     model: Any
     device: str
+    size: int | None = None
+    """Bytes of its weights, as estimated before loading (None: unknown)."""
     last_used: float = field(default_factory=time.monotonic)
     offloaded: bool = False
 
@@ -47,16 +56,18 @@ class ModelCache:
         """
         key: Key = (kind, model, str(dtype), str(device))
         entry = self._entries.get(key)
+        offload = offload_idle and str(device).startswith("cuda")
         if entry is None:
-            if offload_idle:
-                self._make_room(str(device))
-            entry = Entry(_load(model, load, setting), str(device))
-            self._entries[key] = entry
+            size = weights_bytes(model, dtype) if offload else None
+            if offload:
+                self._make_room(str(device), size)
+            loaded = self._fitting(key, str(device), lambda: _load(model, load, setting), offload, setting)
+            entry = self._entries[key] = Entry(loaded, str(device), size)
             self.loads += 1
         elif entry.offloaded:
-            if offload_idle:
-                self._make_room(entry.device, keep=key)
-            entry.model.to(entry.device)
+            if offload:
+                self._make_room(entry.device, entry.size, keep=key)
+            self._fitting(key, entry.device, lambda: entry.model.to(entry.device), offload, setting)
             entry.offloaded = False
         entry.last_used = time.monotonic()
         return entry.model
@@ -84,9 +95,41 @@ class ModelCache:
             _empty_cuda_cache()
         return moved
 
-    def _make_room(self, device: str, keep: Key | None = None) -> None:
-        if device.startswith("cuda") and free_memory_fraction(device) < PRESSURE:
+    def _make_room(self, device: str, incoming: int | None, keep: Key | None = None) -> None:
+        """Offload idle models if loading `incoming` bytes would leave under PRESSURE free."""
+        import torch
+
+        free, total = torch.cuda.mem_get_info(torch.device(device))
+        if (free - (incoming or 0)) / total < PRESSURE:
             self.offload_idle(device, keep)
+
+    def _fitting(self, key: Key, device: str, load: Callable[[], T], offload: bool, setting: str) -> T:
+        """load(); if the GPU runs out of memory, once more with the idle models on the CPU
+        (`offload`: on CUDA with models.offload_idle on)."""
+        from dlcr_cli.runtime import is_out_of_memory
+
+        try:
+            return load()
+        except Exception as err:
+            if not is_out_of_memory(err) or not device.startswith("cuda"):
+                raise
+            if not offload:
+                raise _no_room(key, device, setting, "models.offload_idle is off: idle models stay") from None
+        # Outside the `except` block: the traceback no longer holds the failed load's tensors.
+        log.info("out of GPU memory loading %s: moving idle models to the CPU and trying again", key[1])
+        self.offload_idle(device, keep=key)
+        _free_gpu_memory()
+        try:
+            return load()
+        except Exception as err:
+            if is_out_of_memory(err):
+                raise _no_room(key, device, setting, "even with the idle models on the CPU") from None
+            raise
+
+
+def _no_room(key: Key, device: str, setting: str, why: str) -> Unavailable:
+    return Unavailable(f"not enough GPU memory on {device} to load model {key[1]!r} in {key[2].removeprefix('torch.')} "
+                       f"({why}); choose a smaller model ({setting}), a smaller dtype or another device (--device)")
 
 
 def _load(model: str, load: Callable[[], Any], setting: str) -> Any:
@@ -129,18 +172,79 @@ def _quiet_libraries() -> None:
         pass
 
 
-def free_memory_fraction(device: str) -> float:
-    import torch
-
-    free, total = torch.cuda.mem_get_info(torch.device(device))
-    return free / total
-
-
 def _empty_cuda_cache() -> None:
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _free_gpu_memory() -> None:
+    """Hand what the allocator caches back (a failed load leaves cycles that hold tensors)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+# --- what a model will take, before it is loaded -------------------------------------------
+
+
+def weights_bytes(model: str, dtype: Any) -> int | None:
+    """The bytes of `model`'s weights in `dtype`: the element counts in the safetensors
+    headers of its folder (a local one, or its snapshot in the hub cache; a diffusers pipeline:
+    its components' folders). None when that is not knowable before loading."""
+    itemsize = getattr(dtype, "itemsize", None)
+    folder = _model_folder(model)
+    if folder is None or not itemsize:
+        return None
+    parts = sorted(p for p in folder.iterdir() if p.is_dir()) if (folder / "model_index.json").is_file() else [folder]
+    count = sum(_parameter_count(part) for part in parts)
+    return count * itemsize if count else None
+
+
+def _model_folder(model: str) -> Path | None:
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in ("model_index.json", "config.json"):
+        try:
+            found = try_to_load_from_cache(model, name)
+        except ValueError:  # not a hub id either
+            return None
+        if isinstance(found, str):
+            return Path(found).parent
+    return None
+
+
+_SHARD = re.compile(r"-\d+-of-\d+$")
+
+
+def _parameter_count(folder: Path) -> int:
+    """Elements in one model folder's safetensors files. Variants (model.safetensors and
+    model.fp16.safetensors) hold the same weights: one set is counted, the largest."""
+    sets: dict[str, int] = {}
+    for path in folder.glob("*.safetensors"):
+        parts = path.name.split(".")
+        variant = _SHARD.sub("", parts[1]) if len(parts) > 2 else ""
+        sets[variant] = sets.get(variant, 0) + _elements(path)
+    return max(sets.values(), default=0)
+
+
+def _elements(path: Path) -> int:
+    """Elements of the tensors a safetensors file holds, from its header alone."""
+    import math
+
+    try:
+        with path.open("rb") as file:
+            header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+        return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from dlcr_cli.console import log
 from dlcr_cli.errors import Unavailable
 
 if TYPE_CHECKING:
@@ -16,14 +17,16 @@ R = TypeVar("R")
 
 def resolve_device(name: str) -> "torch.device":
     """auto: CUDA if present, else Apple MPS, else CPU. An absent device is exit 69. Under a
-    launcher (accelerate launch, torchrun), `auto` and `cuda` mean this process's own GPU."""
+    launcher (accelerate launch, torchrun), `auto` and `cuda` mean this process's own GPU:
+    LOCAL_RANK modulo the GPUs it sees (a scheduler that gives each task its own
+    CUDA_VISIBLE_DEVICES shows it one GPU, cuda:0, whatever its local rank)."""
     import torch
 
     from dlcr_cli.distributed import current_shard
 
     shard = current_shard()
     if shard.active and name in ("auto", "cuda") and torch.cuda.is_available():
-        name = f"cuda:{shard.local_rank}"
+        name = f"cuda:{shard.local_rank % torch.cuda.device_count()}"
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -43,13 +46,20 @@ def resolve_device(name: str) -> "torch.device":
     return device
 
 
-def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
-    """auto: float16 on CUDA (the reference runs its models in fp16), float32 elsewhere."""
+def resolve_dtype(name: str, device: "torch.device", *, language_model: bool = False) -> "torch.dtype":
+    """auto: float32 off CUDA. On CUDA, float16 for the image models (SegFormer, SD-1.5: the
+    reference runs them in fp16); for language models (describe's VLM, summarize's LLM)
+    bfloat16 where the GPU has it natively (Ampere and newer), else float16: Qwen2-family
+    models overflow in float16 ("probability tensor contains inf/nan")."""
     import torch
 
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    if name != "auto":
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    if device.type != "cuda":
+        return torch.float32
+    if language_model and torch.cuda.is_bf16_supported(including_emulation=False):
+        return torch.bfloat16
+    return torch.float16
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -58,18 +68,52 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError)
 
 
-def halving_on_oom(fn: Callable[[list[T]], list[R]], items: list[T]) -> list[R]:
-    """fn(items); on CUDA out-of-memory, fn over each half instead (recursively).
+class OomSplitter:
+    """Runs a batch function, splitting the batch on CUDA out-of-memory, and remembers the
+    largest size that fit: later batches go in pieces of that size from the start (a
+    diffusion batch can run out of memory only at the VAE decode, after all its steps).
 
-    The retry happens outside the `except` block so the failed call's tensors are freed first.
+    One per model user (a painter, a describer...): what fits depends on the model and its
+    settings.
     """
-    try:
-        return fn(items)
-    except Exception as err:
-        if not is_out_of_memory(err) or len(items) == 1:
-            raise
-    import torch
 
-    torch.cuda.empty_cache()
-    half = len(items) // 2
-    return halving_on_oom(fn, items[:half]) + halving_on_oom(fn, items[half:])
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failed: int | None = None
+        """The smallest size that ran out of memory."""
+        self.fit: int | None = None
+        """The largest size that ran through, below `failed`."""
+
+    @property
+    def limit(self) -> int | None:
+        """The size batches are cut to (None: no out-of-memory yet, whole batches)."""
+        if self.failed is None:
+            return None
+        return self.fit or max(1, (self.failed + 1) // 2)
+
+    def run(self, fn: Callable[[list[T]], list[R]], items: list[T]) -> list[R]:
+        limit = self.limit
+        if limit is not None and len(items) > limit:
+            return [r for start in range(0, len(items), limit) for r in self.run(fn, items[start:start + limit])]
+        try:
+            out = fn(items)
+        except Exception as err:
+            if not is_out_of_memory(err) or len(items) == 1:
+                raise
+        else:
+            if self.failed is not None:
+                self.fit = max(self.fit or 0, len(items))
+            return out
+        # Outside the `except` block: the failed call's tensors are freed before the retry.
+        self._ran_out(len(items))
+        return self.run(fn, items)
+
+    def _ran_out(self, size: int) -> None:
+        import torch
+
+        torch.cuda.empty_cache()
+        self.failed = min(self.failed or size, size)
+        if self.fit is not None and self.fit >= self.failed:
+            self.fit = None  # memory got tighter than when it fit
+        log.warning("%s: out of GPU memory with %d at once; from now on at most %d at once",
+                    self.what, size, self.limit)

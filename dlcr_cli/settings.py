@@ -51,7 +51,7 @@ class MaskSettings(Section):
     """letterbox: keep the aspect ratio and pad (as SCHP does for tall ReID crops);
     stretch: resize to input_size regardless."""
     dtype: DType = "auto"
-    """auto: float16 on CUDA, float32 elsewhere."""
+    """auto: float16 on CUDA (as the reference), float32 elsewhere."""
     parsing_dir: Path | None = None
     """parsing backend: the folder of existing label maps, mirroring the dataset tree."""
     labels: Literal["auto", "lip", "atr"] = "auto"
@@ -91,7 +91,8 @@ class DescribeSettings(Section):
     """Sampling temperature (the paper's 0.2); 0 decodes greedily."""
     seed: int = Field(0, ge=0)
     dtype: DType = "auto"
-    """auto: float16 on CUDA (as the reference), float32 elsewhere."""
+    """auto: bfloat16 on CUDA GPUs that have it (Ampere and newer; language models can
+    overflow float16), else float16 on CUDA; float32 elsewhere."""
     workers: int = Field(4, gt=0)
     """Threads that read images while the model runs."""
 
@@ -114,6 +115,9 @@ class SummarizeSettings(Section):
     top_p: float = Field(0.9, gt=0, le=1)
     seed: int = Field(0, ge=0)
     dtype: DType = "auto"
+    """auto: bfloat16 on CUDA GPUs that have it (Ampere and newer), else float16 on CUDA
+    (Qwen2-family models overflow in float16: pick another model or float32 there);
+    float32 elsewhere."""
 
     @field_validator("instruction")
     @classmethod
@@ -148,6 +152,8 @@ class InpaintSettings(Section):
     """Generated images per pipeline call."""
     seed: int = Field(0, ge=0)
     dtype: DType = "auto"
+    """auto: float16 on CUDA (as the reference; the checkpoint's fp16 weight files where it
+    has them), float32 elsewhere."""
     compile: bool = False
     """torch.compile the UNet (pays off on long GPU runs)."""
     format: Literal["files", "strip"] = "files"

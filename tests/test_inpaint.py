@@ -274,3 +274,168 @@ def test_outputs_of_other_settings_are_painted_again_not_skipped(dlcr, small_pro
     broken.write_bytes(broken.read_bytes()[:100])  # a file cut short counts as not done
     assert "1 done, 11 skipped" in run("--seed", "5").stderr
     assert "6 done, 12 skipped" in run("--seed", "5", "-k", "3").stderr  # a larger K keeps the first K's images
+
+
+# --- the diffusion painter: its own view of the shared pipeline, dtypes, weights, memory ----
+
+
+def painter_of(model, **options):
+    import torch
+
+    from dlcr_cli.stages.inpaint import DiffusionPainter
+
+    settings = {"device": torch.device("cpu"), "dtype": torch.float32, "batch_size": 8, "size": (64, 32), "steps": 2,
+                "guidance": 7.5, "strength": 1.0, "scheduler": "default", "compile": False, **options}
+    return DiffusionPainter(str(model), **settings)
+
+
+def sources(n: int):
+    from dlcr_cli.stages.inpaint import Source
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 20), bool)
+    mask[10:30] = True
+    return [Source(rng.integers(0, 255, (40, 20, 3), dtype=np.uint8), mask) for _ in range(n)]
+
+
+def paint(painter, n: int = 1):
+    return painter.paint(sources(n), [f"red shirt {i}" for i in range(n)], list(range(100, 100 + n)))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch.compile's imports
+def test_a_painters_scheduler_and_compiled_unet_are_its_own(tiny_inpaint):
+    """The model cache shares one pipeline: a dpm or compiled painter must not change it for the
+    painters after it (whose fingerprints say default scheduler, no compile)."""
+    from diffusers import DPMSolverMultistepScheduler, PNDMScheduler, UNet2DConditionModel
+
+    default_before = paint(painter_of(tiny_inpaint))
+    dpm = painter_of(tiny_inpaint, scheduler="dpm", compile=True)
+    compiled = dpm.pipe.unet
+    later = painter_of(tiny_inpaint)
+    cached = later.pipe
+    assert type(cached.scheduler) is PNDMScheduler and type(cached.unet) is UNet2DConditionModel
+    assert type(dpm.pipe.scheduler) is DPMSolverMultistepScheduler
+    assert compiled is not cached.unet and compiled._orig_mod is cached.unet  # the weights are shared
+    assert dpm.pipe.vae is cached.vae and dpm.pipe.text_encoder is cached.text_encoder
+    assert painter_of(tiny_inpaint, compile=True).pipe.unet is compiled  # compiled once per model
+    assert "default" in later.fingerprint and "dpm" in dpm.fingerprint
+    only_dpm = painter_of(tiny_inpaint, scheduler="dpm")
+    assert type(only_dpm.pipe.scheduler) is DPMSolverMultistepScheduler and only_dpm.pipe.unet is cached.unet
+    assert (paint(only_dpm)[0] != default_before[0]).any()
+    assert (paint(painter_of(tiny_inpaint))[0] == default_before[0]).all()
+
+
+def test_a_batch_split_on_out_of_memory_keeps_its_images_and_stays_split(tiny_inpaint):
+    import torch
+
+    whole = paint(painter_of(tiny_inpaint), 5)
+    painter = painter_of(tiny_inpaint)
+    calls: list[int] = []
+    real = painter._paint
+
+    def tight(triples):
+        calls.append(len(triples))
+        if len(triples) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")  # as at the VAE decode, after every step
+        return real(triples)
+
+    painter._paint = tight
+    split = paint(painter, 5)
+    assert 5 in calls  # it did run out of memory
+    for a, b in zip(whole, split):  # one generator per output: the same noise however it is cut
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    calls.clear()
+    paint(painter, 5)
+    assert calls == [2, 2, 1]  # no second out-of-memory
+
+
+def test_a_diffusers_that_ignores_dtype_is_refused(tiny_inpaint, monkeypatch):
+    """diffusers before 0.40 drops `dtype=` (it knew only `torch_dtype=`), logging under our level."""
+    import torch
+    from diffusers import AutoPipelineForInpainting
+
+    from dlcr_cli.errors import Unavailable
+    from dlcr_cli.stages.inpaint import _load_pipeline
+
+    real = AutoPipelineForInpainting.from_pretrained
+
+    def old(cls, path, dtype=None, **options):
+        return real(path, **options)
+
+    monkeypatch.setattr(AutoPipelineForInpainting, "from_pretrained", classmethod(old))
+    with pytest.raises(Unavailable, match=r"loaded the unet of .* in float32, not the requested float16; upgrade diffusers"):
+        _load_pipeline(str(tiny_inpaint), "cpu", torch.float16)
+    assert _load_pipeline(str(tiny_inpaint), "cpu", torch.float32).unet.dtype == torch.float32
+
+
+def test_float16_loads_the_checkpoints_fp16_files_where_it_has_them(tiny_inpaint, tmp_path, caplog, monkeypatch):
+    import logging
+    import shutil
+
+    import torch
+
+    from dlcr_cli.stages.inpaint import _load_pipeline
+
+    monkeypatch.setattr(logging.getLogger("dlcr"), "propagate", True)  # a CLI run turns it off
+    both = tmp_path / "with-fp16"
+    shutil.copytree(tiny_inpaint, both)
+    pipe = _load_pipeline(str(both), "cpu", torch.float16)
+    with torch.no_grad():
+        pipe.unet.conv_in.weight.fill_(0.5)  # tells the fp16 files from the default ones
+    pipe.save_pretrained(both, variant="fp16")
+    assert (both / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+
+    half = _load_pipeline(str(both), "cpu", torch.float16)
+    assert half.unet.dtype == torch.float16 and (half.unet.conv_in.weight == 0.5).all()
+    assert not (_load_pipeline(str(both), "cpu", torch.float32).unet.conv_in.weight == 0.5).all()
+    with caplog.at_level(logging.INFO, logger="dlcr"):
+        plain = _load_pipeline(str(tiny_inpaint), "cpu", torch.float16)  # no fp16 files: the default ones
+    assert plain.unet.dtype == torch.float16 and not (plain.unet.conv_in.weight == 0.5).all()
+    assert "has no fp16 weight files: loading its default weights in float16" in caplog.text
+
+
+def test_fp16_files_not_in_an_offline_hub_cache_fall_back_to_the_default_ones(tiny_inpaint, monkeypatch):
+    import torch
+    from diffusers import AutoPipelineForInpainting
+
+    from dlcr_cli.stages.inpaint import _load_pipeline
+
+    real, asked = AutoPipelineForInpainting.from_pretrained, []
+
+    def offline(cls, path, variant=None, **options):
+        asked.append(variant)
+        if variant is not None:
+            raise OSError("Cannot find the requested files in the disk cache and outgoing traffic has been disabled")
+        return real(path, **options)
+
+    monkeypatch.setattr(AutoPipelineForInpainting, "from_pretrained", classmethod(offline))
+    assert _load_pipeline(str(tiny_inpaint), "cpu", torch.float16).unet.dtype == torch.float16
+    assert asked == ["fp16", None]
+
+
+def test_the_unet_is_channels_last_on_cuda_only(tiny_inpaint, monkeypatch):
+    import torch
+
+    from dlcr_cli.stages.inpaint import _load_pipeline, _place
+
+    pipe = _load_pipeline(str(tiny_inpaint), "cpu", torch.float32)
+    weight = pipe.unet.conv_in.weight
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(type(pipe), "to", lambda self, *args, **kwargs: self)  # no GPU here
+    _place(pipe, torch.device("cuda"))
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_auto_dtype_on_cuda_stays_float16_for_stable_diffusion(monkeypatch):
+    import torch
+
+    from dlcr_cli import runtime
+    from dlcr_cli.settings import Settings
+    from dlcr_cli.stages import inpaint
+
+    made = {}
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(inpaint, "DiffusionPainter", lambda model, **options: made.update(options))
+    inpaint.make_painter(Settings())
+    assert made["dtype"] == torch.float16

@@ -236,6 +236,7 @@ def test_letterbox_keeps_proportions_and_maps_back_exactly():
     import torch.nn.functional as F
 
     from dlcr_cli.records import Record
+    from dlcr_cli.runtime import OomSplitter
     from dlcr_cli.stages.mask import Item, SegformerParser, fit
 
     img = Image.new("RGB", (40, 100), (250, 250, 250))
@@ -251,7 +252,7 @@ def test_letterbox_keeps_proportions_and_maps_back_exactly():
 
     parser = SegformerParser.__new__(SegformerParser)
     parser.device, parser.dtype, parser.input_size, parser.letterbox = "cpu", torch.float32, (64, 64), True
-    parser.model, parser.batch_size = Fake(), 2
+    parser.model, parser.batch_size, parser.batches = Fake(), 2, OomSplitter("mask")
     items = []
     for size in ((40, 100), (30, 31)):
         item = Item(Record(image="x"), Path("m"), Path("p"), size=size)
@@ -259,3 +260,49 @@ def test_letterbox_keeps_proportions_and_maps_back_exactly():
         items.append(item)
     for item, label_map in zip(items, parser.parse(items)):
         assert label_map.shape == item.size[::-1] and (label_map == 1).all()
+
+
+def test_auto_dtype_on_cuda_stays_float16_for_segformer(monkeypatch):
+    """bfloat16 is for the language models; SegFormer runs in the reference's float16."""
+    import torch
+
+    from dlcr_cli import runtime
+    from dlcr_cli.settings import Settings
+    from dlcr_cli.stages import mask
+
+    made = {}
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(mask, "SegformerParser", lambda model, **options: made.update(options))
+    mask.make_parser(Settings())
+    assert made["dtype"] == torch.float16
+
+
+def test_an_out_of_memory_split_is_kept_for_later_batches(tree, tiny_segformer):
+    import torch
+
+    from dlcr_cli.records import Record
+    from dlcr_cli.stages.mask import Item, SegformerParser
+
+    data, _ = tree
+    parser = SegformerParser(str(tiny_segformer), device=torch.device("cpu"), dtype=torch.float32, batch_size=8,
+                             input_size=(64, 32))
+    items = [Item(Record(image=str(path)), Path(), Path()) for path in sorted(data.rglob("*.png"))]
+    for item in items:
+        parser.read(item)
+    whole = parser.parse(items)
+    calls, real = [], parser._parse
+
+    def tight(batch):
+        calls.append(len(batch))
+        if len(batch) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(batch)
+
+    parser._parse = tight
+    split = parser.parse(items)
+    assert calls[0] == 3 and all((a == b).mean() > 0.999 for a, b in zip(whole, split))
+    calls.clear()
+    split = parser.parse(items)
+    assert calls == [1, 1, 1]  # one by one from the start: no second out-of-memory
+    assert all((a == b).mean() > 0.999 for a, b in zip(whole, split))

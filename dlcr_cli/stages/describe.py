@@ -117,9 +117,11 @@ class VlmDescriber:
     def __init__(self, model_id: str, *, device: Any, dtype: Any, batch_size: int, prompt: str,
                  max_new_tokens: int, temperature: float, seed: int, trust_remote_code: bool = False,
                  offload_idle: bool = True) -> None:
+        from dlcr_cli.runtime import OomSplitter
         from dlcr_cli.textgen import Generator
 
         self.batch_size = batch_size
+        self.batches = OomSplitter("describe")
         self.vlm = Generator.load(
             "image-text-to-text", ("AutoModelForImageTextToText", "AutoProcessor"), model_id,
             setting="describe.model", device=device, dtype=dtype, max_new_tokens=max_new_tokens,
@@ -131,9 +133,7 @@ class VlmDescriber:
         return load_rgb(record.image)
 
     def describe(self, payloads: list[Any]) -> list[str]:
-        from dlcr_cli.runtime import halving_on_oom
-
-        return halving_on_oom(self._describe, payloads)
+        return self.batches.run(self._describe, payloads)
 
     def _describe(self, images: list[Any]) -> list[str]:
         texts = [self.text] * len(images)
@@ -149,7 +149,7 @@ def make_describer(settings: Any) -> Describer:
 
     device = resolve_device(settings.device)
     return VlmDescriber(
-        d.model, device=device, dtype=resolve_dtype(d.dtype, device), batch_size=d.batch_size,
+        d.model, device=device, dtype=resolve_dtype(d.dtype, device, language_model=True), batch_size=d.batch_size,
         prompt=d.prompt, max_new_tokens=d.max_new_tokens, temperature=d.temperature, seed=d.seed,
         trust_remote_code=settings.models.trust_remote_code, offload_idle=settings.models.offload_idle,
     )

@@ -216,8 +216,13 @@ class RecolorPainter:
 
 class DiffusionPainter:
     """A diffusers inpainting pipeline at the paper's settings: (image, mask, prompt) triples
-    expanded by hand, one CPU generator per output (the same noise on any device), resized to
-    the working size and back."""
+    expanded by hand, one CPU generator per output (the same noise on any device, and the same
+    images however a batch is split), resized to the working size and back.
+
+    The model cache's pipeline is shared by every painter of the process and never changed:
+    a painter with another scheduler or a compiled UNet calls its own pipeline (`pipe`) made of
+    the cached one's modules, with those swapped in.
+    """
 
     needs_parsing = False
 
@@ -225,23 +230,25 @@ class DiffusionPainter:
                  steps: int, guidance: float, strength: float, scheduler: str, compile: bool = False,
                  offload_idle: bool = True) -> None:
         from dlcr_cli.cache import CACHE
+        from dlcr_cli.runtime import OomSplitter
 
         self.batch_size = batch_size
         self.height, self.width = size
         self.call = {"num_inference_steps": steps, "guidance_scale": guidance, "strength": strength}
         self.fingerprint = f"diffusion {model_id} {size} {self.call} {scheduler} {dtype}"
-        self.pipe = CACHE.get("inpainting", model_id, dtype=dtype, device=device, setting="inpaint.model",
-                              offload_idle=offload_idle, load=partial(_load_pipeline, model_id, device, dtype))
-        _set_scheduler(self.pipe, scheduler)
+        cached = CACHE.get("inpainting", model_id, dtype=dtype, device=device, setting="inpaint.model",
+                           offload_idle=offload_idle, load=partial(_load_pipeline, model_id, device, dtype))
+        swaps = {}
+        if scheduler != "default":
+            swaps["scheduler"] = _scheduler(cached, scheduler)
         if compile:
-            import torch
-
-            self.pipe.unet = torch.compile(self.pipe.unet)
+            swaps["unet"] = CACHE.get("compiled-unet", model_id, dtype=dtype, device=device, setting="inpaint.compile",
+                                      offload_idle=False, load=partial(_Compiled.of, cached.unet)).module
+        self.pipe = _with_components(cached, swaps) if swaps else cached
+        self.batches = OomSplitter("inpaint")
 
     def paint(self, sources: list[Source], prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
-        from dlcr_cli.runtime import halving_on_oom
-
-        return halving_on_oom(self._paint, list(zip(sources, prompts, seeds)))
+        return self.batches.run(self._paint, list(zip(sources, prompts, seeds)))
 
     def _paint(self, triples: list[tuple[Source, str, int]]) -> list[np.ndarray]:
         import torch
@@ -260,30 +267,91 @@ class DiffusionPainter:
         return out
 
 
+@dataclass
+class _Compiled:
+    """A torch.compile'd UNet, kept in the model cache per (model, dtype, device) so that painters
+    share its compiled graphs. No `to`: its weights are the cached pipeline's UNet's, which
+    the cache moves with the pipeline."""
+
+    module: Any
+
+    @classmethod
+    def of(cls, unet: Any) -> _Compiled:
+        import torch
+
+        return cls(torch.compile(unet))
+
+
+def _with_components(pipe: Any, swaps: dict[str, Any]) -> Any:
+    """A pipeline of `pipe`'s modules (shared, not copied) with `swaps` in their place."""
+    view = type(pipe).from_pipe(pipe, dtype=pipe.dtype, **swaps)  # from_pipe casts to its dtype (float32 if none)
+    view.set_progress_bar_config(disable=True)
+    return view
+
+
 def _load_pipeline(model_id: str, device: Any, dtype: Any) -> Any:
-    from diffusers import AutoPipelineForInpainting
+    import torch
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
     diffusers_logging.set_verbosity_error()
-    pipe = AutoPipelineForInpainting.from_pretrained(
-        model_id, dtype=dtype, use_safetensors=True,
-        safety_checker=None, requires_safety_checker=False,  # it blacks out harmless person crops
-    )
+    pipe = _from_pretrained(model_id, dtype)
+    _check_dtype(pipe, dtype, model_id)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return _place(pipe, torch.device(device))
+
+
+def _from_pretrained(model_id: str, dtype: Any) -> Any:
+    """In float16, the checkpoint's fp16 weights (half the download) where it has them."""
+    import torch
+    from diffusers import AutoPipelineForInpainting
+
+    options = {"dtype": dtype, "use_safetensors": True,
+               "safety_checker": None, "requires_safety_checker": False}  # it blacks out harmless person crops
+    if dtype == torch.float16:
+        try:
+            return AutoPipelineForInpainting.from_pretrained(model_id, variant="fp16", **options)
+        except ValueError as err:  # diffusers: "... the `variant=fp16`, but no such modeling files are available"
+            if "variant=fp16" not in str(err):
+                raise
+        except OSError:  # offline, with only the default files in the hub cache; else the same error again
+            pass
+        log.info("%s has no fp16 weight files: loading its default weights in float16", model_id)
+    return AutoPipelineForInpainting.from_pretrained(model_id, **options)
+
+
+def _check_dtype(pipe: Any, dtype: Any, model_id: str) -> None:
+    """diffusers releases before 0.40 ignore `dtype=` (they know only `torch_dtype=`) with a
+    notice under our log level: a float32 pipeline, twice the memory, where float16 was asked."""
+    import diffusers
+
+    from dlcr_cli.errors import Unavailable
+
+    for name in ("unet", "vae", "text_encoder"):
+        module = getattr(pipe, name, None)
+        if module is not None and module.dtype != dtype:
+            raise Unavailable(f"diffusers {diffusers.__version__} loaded the {name} of {model_id} in "
+                              f"{str(module.dtype).removeprefix('torch.')}, not the requested "
+                              f"{str(dtype).removeprefix('torch.')}; upgrade diffusers (>=0.40)")
+
+
+def _place(pipe: Any, device: Any) -> Any:
+    import torch
+
+    pipe.to(device)
+    if device.type == "cuda":  # diffusers' advice: the UNet's convolutions run faster in NHWC on GPUs
+        pipe.unet.to(memory_format=torch.channels_last)
+    return pipe
 
 
 SCHEDULERS = {"dpm": "DPMSolverMultistepScheduler"}
 
 
-def _set_scheduler(pipe: Any, name: str) -> None:
-    """default: the checkpoint's own scheduler (kept); dpm: DPM-Solver++ multistep from its config."""
-    if name == "default":
-        return
+def _scheduler(pipe: Any, name: str) -> Any:
+    """dpm: DPM-Solver++ multistep from the checkpoint's scheduler config ("default" keeps its own)."""
     import diffusers
 
-    pipe.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
+    return getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
 
 
 def make_painter(settings: Any) -> Painter:

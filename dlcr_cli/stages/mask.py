@@ -190,9 +190,11 @@ class SegformerParser:
                  input_size: tuple[int, int], letterbox: bool = True, trust_remote_code: bool = False,
                  offload_idle: bool = True) -> None:
         from dlcr_cli.cache import CACHE
+        from dlcr_cli.runtime import OomSplitter
 
         self.device, self.dtype = device, dtype
         self.batch_size = batch_size
+        self.batches = OomSplitter("mask")
         self.input_size = input_size
         self.letterbox = letterbox
         self.model = CACHE.get(
@@ -211,9 +213,7 @@ class SegformerParser:
         item.payload = fit(img, self.input_size, self.letterbox)
 
     def parse(self, items: list[Item]) -> list[np.ndarray]:
-        from dlcr_cli.runtime import halving_on_oom
-
-        return halving_on_oom(self._parse, items)
+        return self.batches.run(self._parse, items)
 
     def _parse(self, items: list[Item]) -> list[np.ndarray]:
         import torch

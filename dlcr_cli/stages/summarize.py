@@ -171,9 +171,11 @@ class LlmSummarizer:
     def __init__(self, model_id: str, *, device: Any, dtype: Any, batch_size: int, instruction: str,
                  words: int, max_new_tokens: int, temperature: float, top_p: float, seed: int,
                  trust_remote_code: bool = False, offload_idle: bool = True) -> None:
+        from dlcr_cli.runtime import OomSplitter
         from dlcr_cli.textgen import Generator
 
         self.batch_size = batch_size
+        self.batches = OomSplitter("summarize")
         self.instruction, self.words = instruction, words
         self.llm = Generator.load(
             "text-generation", ("AutoModelForCausalLM", "AutoTokenizer"), model_id, setting="summarize.model",
@@ -182,10 +184,8 @@ class LlmSummarizer:
         )
 
     def summarize(self, groups: list[list[str]]) -> list[Summary]:
-        from dlcr_cli.runtime import halving_on_oom
-
         chats = [self.chat(source_text(descriptions, self.words)) for descriptions in groups]
-        answers = halving_on_oom(self.answer, chats)
+        answers = self.batches.run(self.answer, chats)
         return [summary_from_answer(a, d) for a, d in zip(answers, groups)]
 
     def chat(self, text: str) -> str:
@@ -205,7 +205,7 @@ def make_summarizer(settings: Any) -> Summarizer:
 
     device = resolve_device(settings.device)
     return LlmSummarizer(
-        s.model, device=device, dtype=resolve_dtype(s.dtype, device), batch_size=s.batch_size,
+        s.model, device=device, dtype=resolve_dtype(s.dtype, device, language_model=True), batch_size=s.batch_size,
         instruction=s.instruction, words=s.words, max_new_tokens=s.max_new_tokens,
         temperature=s.temperature, top_p=s.top_p, seed=s.seed,
         trust_remote_code=settings.models.trust_remote_code, offload_idle=settings.models.offload_idle,
