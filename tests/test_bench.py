@@ -13,7 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcr_cli.bench import count_flops, cuda_timer, matmul_peak_flops, peak_memory_gb
+from dlcr_cli.bench import (
+    count_flops,
+    cuda_timer,
+    float32_precision,
+    full_float32,
+    matmul_peak_flops,
+    peak_memory_gb,
+    repeat_for,
+)
 from dlcr_cli.bench.inpaint import (
     NEEDS_CUDA,
     SD15,
@@ -127,6 +135,52 @@ def test_gpu_numbers_are_none_on_cpu():
     assert timing.seconds > 0
 
 
+class FakeClock:
+    """A clock that only moves when the timed function runs: `cost` seconds per call."""
+
+    def __init__(self, cost: float) -> None:
+        self.now, self.cost, self.calls, self.syncs = 0.0, cost, 0, 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def run(self) -> None:
+        self.now += self.cost
+        self.calls += 1
+
+
+@pytest.mark.parametrize("cost", [0.1, 0.0007, 3.0])
+def test_repeat_for_times_one_round_of_at_least_the_minimum(cost):
+    clock = FakeClock(cost)
+    runs, seconds = repeat_for(clock.run, 0.5, clock=clock)
+    assert seconds >= 0.5 and seconds == pytest.approx(runs * cost)  # the last round, timed alone
+    assert clock.calls < 2 * runs + 20  # the earlier rounds were short warm-ups, not as long again
+    assert runs == 1 if cost >= 0.5 else runs > 1
+
+
+def test_repeat_for_synchronises_around_each_round_and_stops_at_max_runs():
+    clock = FakeClock(0.0)  # a function that takes no time at all
+    syncs = []
+    runs, seconds = repeat_for(clock.run, 0.5, clock=clock, sync=lambda: syncs.append(clock.calls), max_runs=64)
+    assert runs == 64 and seconds == 0.0
+    assert len(syncs) % 2 == 0 and syncs[-1] - syncs[-2] == 64  # the last round's calls between its two syncs
+
+
+def test_full_float32_sets_ieee_and_restores_whatever_was_set():
+    torch.backends.cuda.matmul.fp32_precision = "tf32"  # as a user's script might, before the bench
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    try:
+        with full_float32() as report:
+            inside = float32_precision()
+        assert inside["cuda.matmul"] == inside["cudnn.conv"] == inside["mkldnn.matmul"] == "ieee"
+        assert report["float32"] == "ieee" and report["before"]["cuda.matmul"] == "tf32"
+        after = float32_precision()
+        assert after["cuda.matmul"] == "tf32" and after["mkldnn.matmul"] == "bf16"
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = "none"
+        torch.backends.mkldnn.matmul.fp32_precision = "none"
+
+
 def test_help_imports_no_heavy_modules():
     code = (
         "import sys\n"
@@ -161,6 +215,25 @@ def test_evaluate_bench_runs_both_side_by_side_and_they_agree(run_bench):
         assert 0 < row["scores"]["standard"]["mAP"] < 1  # neither trivial nor hopeless
     assert report["rows"][0]["scores"] == report["rows"][1]["scores"]
     assert "metrics agree" in result.stderr
+
+
+def test_evaluate_bench_reports_its_precision_and_an_env_override(run_bench, monkeypatch):
+    result = run_bench("evaluate", *EVAL_SMALL, "--json")
+    precision = json.loads(result.stdout)["precision"]
+    assert precision["float32"] == "ieee" and precision["env_override"] is None
+    assert "full precision" in result.stderr and "NVIDIA_TF32_OVERRIDE" not in result.stderr
+
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")  # cuBLAS reads it at load: torch cannot undo it
+    result = run_bench("evaluate", *EVAL_SMALL, "--json")
+    assert result.code == 0, result.stderr
+    precision = json.loads(result.stdout)["precision"]
+    assert precision["env_override"] == "NVIDIA_TF32_OVERRIDE=1"
+    assert precision["before"]["env"] == {"NVIDIA_TF32_OVERRIDE": "1"}
+    assert "warning: bench: NVIDIA_TF32_OVERRIDE=1 is set" in result.stderr
+
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")  # only ever disables TF32: nothing to warn about
+    result = run_bench("evaluate", *EVAL_SMALL, "--json")
+    assert json.loads(result.stdout)["precision"]["env_override"] is None and "warning" not in result.stderr
 
 
 def test_evaluate_bench_without_the_reference(run_bench):

@@ -10,6 +10,9 @@ gives mid-range metrics rather than a trivial 100 %.
     argsort of every row, then a Python loop over queries;
 (b) dlcr: `metrics.evaluate`, query chunks in torch on the chosen device, never Q x G.
 
+Both rows run with float32 at full precision (TF32 off, restored after), whatever the process
+set before; the report says so, and names an environment override torch cannot undo.
+
 Peak memory is the process's resident set sampled every few milliseconds during each row,
 above what it held before the row (and, on CUDA, the peak allocated GPU memory).
 """
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dlcr_cli.bench import cuda_timer, device_label, peak_memory_gb, reset_peak_memory
+from dlcr_cli.bench import cuda_timer, device_label, full_float32, peak_memory_gb, reset_peak_memory
 from dlcr_cli.console import log, stderr
 from dlcr_cli.errors import Unavailable, UsageError
 
@@ -210,19 +213,31 @@ def run_evaluate_bench(s: EvalBenchSettings, device: torch.device) -> dict[str, 
     log.info("bench: drawing %d query and %d gallery features (D = %d)", s.queries, s.gallery, s.dim)
     problem = make_problem(s)
     rows = []
-    if s.reference:
-        log.info("bench: (a) reference")
-        rows.append(run_reference(problem, s.modes))
+    # Both rows at full float32 precision: TF32 (on by a flag or a library default elsewhere in
+    # the process) rounds the distances to ~1e-3 and reorders near-ties, so the metrics differ.
+    with full_float32() as precision:
+        _warn_env_override(precision["env_override"])
+        if s.reference:
+            log.info("bench: (a) reference")
+            rows.append(run_reference(problem, s.modes))
+            _log_row(rows[-1])
+        log.info("bench: (b) dlcr")
+        rows.append(run_dlcr(problem, s.modes, device))
         _log_row(rows[-1])
-    log.info("bench: (b) dlcr")
-    rows.append(run_dlcr(problem, s.modes, device))
-    _log_row(rows[-1])
     report: dict[str, Any] = {"device": device_label(device), "settings": {**asdict(s), "modes": list(s.modes)},
-                              "rows": [asdict(r) for r in rows], "speedup": None, "max_abs_diff": None, "agree": None}
+                              "precision": precision, "rows": [asdict(r) for r in rows], "speedup": None,
+                              "max_abs_diff": None, "agree": None}
     if s.reference:
         report["speedup"] = round(rows[0].seconds / rows[1].seconds, 2) if rows[1].seconds else None
         report["max_abs_diff"], report["agree"] = max_difference(rows[0].scores, rows[1].scores)
     return report
+
+
+def _warn_env_override(override: str | None) -> None:
+    if override:
+        log.warning("bench: %s is set: it is read once, when the CUDA libraries load, and nothing a running "
+                    "process sets undoes it, so float32 matmuls may run in TF32 and the metrics disagree; unset it "
+                    "to compare at full precision", override)
 
 
 def _log_row(row: EvalRow) -> None:
@@ -248,6 +263,9 @@ def print_report(report: dict[str, Any]) -> None:
         values = ", ".join(f"{k} {100 * scores[mode][k]:.2f}" for k in METRICS)
         stderr.print(f"{mode}: {values} ({scores[mode]['queries']} queries, {scores[mode]['skipped']} skipped)",
                      highlight=False, soft_wrap=True)
+    precision = report["precision"]
+    override = f", but {precision['env_override']} is set" if precision["env_override"] else ""
+    stderr.print(f"float32 at full precision (TF32 off for both rows{override})", highlight=False)
     if report["speedup"] is not None:
         verdict = "agree" if report["agree"] else "DISAGREE"
         stderr.print(f"reference / dlcr: {report['speedup']:.1f}x the time; metrics {verdict} "
