@@ -214,6 +214,62 @@ def describe(
     _maybe_json(report, as_json)
 
 
+@app.command("smoke")
+def smoke(
+    ctx: typer.Context,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", file_okay=False, show_default=False,
+        help="Work folder (data, tiny models, runs, each command's logs in logs/), kept; a later run with the "
+             "same folder reuses its data and models (default: a temporary folder, removed).")] = None,
+    budget: Annotated[float, typer.Option(
+        min=1, help="Seconds for the whole run: once spent, the remaining checks are skipped (each says so) "
+                    "and a running command is stopped.")] = 480,
+    only: Annotated[Optional[str], typer.Option(
+        show_default=False, help="Comma-separated checks to run (default: all); naming one also runs it where "
+                                 "it would be skipped as slow on a CPU.")] = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Smaller problems: the same code paths, faster (what the CPU test runs).")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='Print {"ok", "failed", "skipped", "checks": [{"name", "ok", "seconds", "error", ...}]} '
+                       "on stdout.")] = False,
+) -> None:
+    """Every CUDA-only path of dlcr once, on random weights (nothing downloaded), in a few minutes.
+
+    Checks, in order: env (versions, GPU, bf16, TF32 settings); oom (a real CUDA out-of-memory
+    halves the batch); inpaint (fp16 pipeline, per-output generators: repeatable and
+    batch-independent); compile (the compiled UNet on tail batches); offload (the model cache
+    moves idle models to the CPU and back); cal (the CAL step in bf16 and channels_last);
+    features (float32 against bf16 autocast); metrics and rerank (device against CPU); train,
+    resume and ddp (`dlcr train`, `--resume`, and under torchrun with one process); expand,
+    describe and refine (the stage commands on tiny SegFormer, Llama, LLaVA and inpainting
+    models); bench-evaluate, bench-train and bench-inpaint at small sizes.
+
+    On a CPU the checks that need CUDA are skipped with the reason, and the others run the
+    same code there. The table goes to stderr; `--json` prints the report on stdout. Exit 0
+    when every check that ran is ok, else 1, naming the failed ones.
+
+    Examples:
+
+        dlcr --device cuda bench smoke --json > smoke.json
+
+        dlcr bench smoke --only inpaint,compile,offload --out smoke-work
+
+        dlcr --device cpu bench smoke --quick --budget 300
+    """
+    from dlcr_cli.bench.smoke import print_report, run_smoke
+    from dlcr_cli.errors import ItemsFailed
+    from dlcr_cli.runtime import resolve_device
+
+    names = [name.strip() for name in only.split(",") if name.strip()] if only else None
+    device = resolve_device(state(ctx).device or "auto")
+    report = run_smoke(device, out, budget=budget, only=names, quick=quick)
+    print_report(report)
+    _maybe_json(report, as_json)
+    if report["failed"]:
+        ran = len(report["checks"]) - len(report["skipped"])
+        raise ItemsFailed(f"bench smoke: {len(report['failed'])} of {ran} checks failed: {', '.join(report['failed'])}")
+
+
 @app.command("all")
 def all_(
     ctx: typer.Context,
