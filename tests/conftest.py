@@ -69,20 +69,9 @@ def save_labels(path: Path, label_map: np.ndarray, mode: str = "P") -> Path:
 @pytest.fixture(scope="session")
 def tiny_segformer(tmp_path_factory) -> Path:
     """A random-weight SegFormer predicting ATR labels, saved like a hub checkpoint."""
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    from tiny_models import build_tiny_segformer
 
-    from dlcr_cli.labels import ATR
-
-    names = {i: name.capitalize() for i, name in enumerate(ATR)}
-    config = SegformerConfig(
-        num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
-        patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 1], mlp_ratios=[2, 2],
-        decoder_hidden_size=16, num_labels=len(ATR), id2label=names,
-        label2id={v: k for k, v in names.items()},
-    )
-    out = tmp_path_factory.mktemp("tiny-segformer")
-    SegformerForSemanticSegmentation(config).save_pretrained(out)
-    return out
+    return build_tiny_segformer(tmp_path_factory.mktemp("tiny-segformer"))
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_the_barrier_waits_for_every_process(tmp_path):
 def test_ddp_trains_a_backbone_with_unused_parameters(tmp_path, processes):
     """DINOv2 under DDP (gloo, CPU): its mask_token is frozen instead of stopping the first step;
     one launched process runs the same path (how a single GPU checks the multi-GPU code)."""
-    from tiny_backbones import build_tiny_dinov2
+    from tiny_models import build_tiny_dinov2
 
     data = tmp_path / "data"
     made = subprocess.run([sys.executable, "-m", "dlcr_cli", "synth", str(data), "--ids", "4", "--cameras", "2",

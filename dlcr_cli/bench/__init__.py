@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -121,8 +122,9 @@ def matmul_peak_flops(device: torch.device, n: int = 8192, min_seconds: float = 
     out = torch.empty_like(a)
     for _ in range(3):  # clocks up, cuBLAS picks its kernel
         torch.mm(a, b, out=out)
-    runs, seconds = repeat_for(lambda: torch.mm(a, b, out=out), min_seconds, sync=lambda: synchronize(device))
-    del a, b, out
+    product = partial(torch.mm, a, b, out=out)
+    runs, seconds = repeat_for(product, min_seconds, sync=lambda: synchronize(device))
+    del a, b, out, product
     torch.cuda.empty_cache()
     return 2 * n**3 * runs / seconds
 

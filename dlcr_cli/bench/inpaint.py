@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from itertools import groupby
@@ -93,7 +93,7 @@ SD15 = Arch(
     dtype="float16", size=(768, 256), steps=50, images=80,
 )
 
-# What the tests' tiny pipeline always was (tests/tiny_models.build_tiny_inpaint).
+# What the tests' tiny pipeline always was (dlcr_cli.bench.tiny.build_tiny_inpaint).
 TINY = Arch(
     unet=dict(
         block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=9, out_channels=4,
@@ -367,30 +367,19 @@ def _dlcr_rows(s: BenchSettings, model: Path, device: torch.device, dtype: Any, 
     if s.dpm:  # fewer steps of another sampler: faster, but not the paper's images
         variants.append((f"(d) dlcr, dpm {dpm_steps} steps: other quality", "dlcr-dpm",
                          {"scheduler": "dpm", "steps": dpm_steps}))
-    rows, original = [], None
+    rows = []
     for name, slug, extra in variants:
         options = {"scheduler": "default", "steps": s.steps, "compile": False, **extra}
         log.info("bench: %s", name)
         painter = DiffusionPainter(str(model), device=device, dtype=dtype, batch_size=s.batch_size, size=s.size,
                                    guidance=s.guidance, strength=s.strength, **options)
-        original = original or (painter.pipe, painter.pipe.unet, painter.pipe.scheduler)  # row (b) changes nothing
-        with _restoring(*original):
-            warm = _warm_batches(plan(f"warm-{slug}"), s.batch_size, tail=options["compile"])
-            row = _time_dlcr(name, painter, plan(slug), warm, device)
-            row.flops_per_image = forward * unet_calls(painter.pipe.scheduler, options["steps"], s.strength)
+        # each painter's scheduler and compiled UNet are its own: the cached pipeline stays as it is
+        warm = _warm_batches(plan(f"warm-{slug}"), s.batch_size, tail=options["compile"])
+        row = _time_dlcr(name, painter, plan(slug), warm, device)
+        row.flops_per_image = forward * unet_calls(painter.pipe.scheduler, options["steps"], s.strength)
         _log_row(row)
         rows.append(row)
     return rows
-
-
-@contextmanager
-def _restoring(pipe: Any, unet: Any, scheduler: Any) -> Iterator[None]:
-    """Put the cached pipeline's UNet and scheduler back: a painter swaps them in place (a
-    compiled UNet, DPM-Solver) on the one pipeline the model cache shares."""
-    try:
-        yield
-    finally:
-        pipe.unet, pipe.scheduler = unet, scheduler
 
 
 def _warm_batches(jobs: list[Job], batch_size: int, tail: bool) -> list[list[Job]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = [
     "IMAGE_TOKEN", "LLAMA2_CHAT_TEMPLATE", "LLAVA_CHAT_TEMPLATE", "build_tiny_inpaint", "build_tiny_llama",
-    "build_tiny_llava", "build_tiny_resnet", "build_tiny_segformer",
+    "build_tiny_llava", "build_tiny_resnet", "build_tiny_segformer", "build_tiny_dinov2", "build_tiny_swin",
 ]
 
 # The chat template of llava-hf/llava-1.5-7b-hf: `USER: <image>\n{text} ASSISTANT:`.
@@ -245,4 +245,29 @@ def build_tiny_segformer(path: Path) -> Path:
     )
     torch.manual_seed(0)
     SegformerForSemanticSegmentation(config).save_pretrained(path, safe_serialization=True)
+    return Path(path)
+
+
+def build_tiny_dinov2(path: Path) -> Path:
+    """A DINOv2 backbone (its `mask_token` is a parameter no forward of unmasked images uses:
+    DDP's unused-parameter case)."""
+    import torch
+    from transformers import Dinov2Backbone, Dinov2Config
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                          patch_size=8, image_size=64, out_features=["stage2"])
+    Dinov2Backbone(config).save_pretrained(path)
+    return Path(path)
+
+
+def build_tiny_swin(path: Path) -> Path:
+    """A Swin backbone (its final layernorm is unused by the backbone's feature maps)."""
+    import torch
+    from transformers import SwinBackbone, SwinConfig
+
+    torch.manual_seed(0)
+    config = SwinConfig(image_size=64, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=2,
+                        out_features=["stage2"])
+    SwinBackbone(config).save_pretrained(path)
     return Path(path)

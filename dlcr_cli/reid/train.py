@@ -340,9 +340,11 @@ class Trainer:
         try:
             self._restore(meta, tensors)
         except (RuntimeError, KeyError, ValueError, TypeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            # load_state_dict says "Error(s) in loading state_dict for X:", then what differs
+            lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+            detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
             raise MalformedInput(f"{self.out / STATE_FILE}: the training state does not fit this model "
-                                 f"({first[:200]})") from None
+                                 f"({detail[:200]})") from None
         self.start_epoch = int(meta["epoch"])
         return self.start_epoch
 
