@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,62 +53,87 @@ MISSING = "missing"
 stage reading it reports that)."""
 
 
+_KNOWN: dict[str, list] = {}
+"""Every digest this process has read or loaded: path -> [size, mtime_ns, digest]. Shared by
+all `Digests`, so a file two stages read (expand's keys, mask's marks) is read once."""
+_LOCK = threading.Lock()
+
+
 class Digests:
-    """Content digests of files, cached by (size, mtime) in `cache` (a JSON file; None: no cache)."""
+    """Content digests of files, cached by (size, mtime) in `cache` (a JSON file; None: in
+    memory only). Safe to use from several threads."""
 
     def __init__(self, cache: Path | None = None, workers: int = 8) -> None:
         self.cache, self.workers = cache, workers
-        self._known: dict[str, list] = self._load()
+        self._mine: set[str] = set()
+        """The paths this cache file holds and will hold."""
         self._dirty = False
         self.read = 0
-        """Files read (not answered by the cache) so far: what the tests and the bench count."""
+        """Files read (not answered by a cache) so far: what the tests and the bench count."""
+        self._load()
 
-    def _load(self) -> dict[str, list]:
+    def _load(self) -> None:
         if self.cache is None:
-            return {}
+            return
         try:
             known = json.loads(self.cache.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return {}
-        return known if isinstance(known, dict) else {}
+            return
+        if isinstance(known, dict):
+            with _LOCK:
+                for key, value in known.items():
+                    _KNOWN.setdefault(key, value)
+                self._mine.update(known)
 
     def of(self, path: str | Path) -> str:
         return self.many([path])[0]
 
     def many(self, paths: Sequence[str | Path]) -> list[str]:
-        """The digest of each path, in order (files the cache cannot vouch for read in threads)."""
+        """The digest of each path, in order (files no cache can vouch for read in threads)."""
         keys = [os.path.abspath(p) for p in paths]
         stats = [_stat(key) for key in keys]
-        out: list[str | None] = [None] * len(keys)
+        out: list[str] = [MISSING] * len(keys)
         todo = []
-        for i, (key, stat) in enumerate(zip(keys, stats)):
-            if stat is None:
-                out[i] = MISSING
-                continue
-            known = self._known.get(key)
-            if known is not None and known[0] == stat[0] and known[1] == stat[1]:
-                out[i] = known[2]
-            else:
-                todo.append(i)
+        with _LOCK:
+            for i, (key, stat) in enumerate(zip(keys, stats)):
+                known = _KNOWN.get(key)
+                if stat is None:
+                    continue
+                if known is not None and known[0] == stat[0] and known[1] == stat[1]:
+                    out[i] = known[2]
+                else:
+                    todo.append(i)
+            self._dirty |= not self._mine.issuperset(keys)
+            self._mine.update(keys)
         if todo:
-            with ThreadPoolExecutor(min(self.workers, len(todo))) as pool:
-                for i, digest in zip(todo, pool.map(_digest_or_missing, [keys[i] for i in todo])):
+            with ThreadPoolExecutor(max(1, min(self.workers, len(todo)))) as pool:
+                digests = list(pool.map(_digest_or_missing, [keys[i] for i in todo]))
+            with _LOCK:
+                for i, digest in zip(todo, digests):
                     out[i] = digest
                     if digest != MISSING:
-                        self._known[keys[i]] = [*stats[i], digest]
-            self.read += len(todo)
-            self._dirty = True
-        return [d or MISSING for d in out]
+                        _KNOWN[keys[i]] = [*stats[i], digest]
+                self.read += len(todo)
+                self._dirty = True
+        return out
 
     def save(self) -> None:
-        """Write the cache (atomically) when new digests were computed."""
+        """Write the cache file (atomically) when it has something new."""
         if self.cache is None or not self._dirty:
             return
         from dlcr_cli.io import write_text_atomic
 
+        with _LOCK:
+            known = {key: _KNOWN[key] for key in sorted(self._mine) if key in _KNOWN}
+            self._dirty = False
         self.cache.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(json.dumps(self._known, separators=(",", ":")), self.cache)
-        self._dirty = False
+        write_text_atomic(json.dumps(known, separators=(",", ":")), self.cache)
+
+
+def forget() -> None:
+    """Drop the digests held in memory (as a new process starts; the tests use it)."""
+    with _LOCK:
+        _KNOWN.clear()
 
 
 def _stat(path: str) -> tuple[int, int] | None:
@@ -149,3 +175,30 @@ def model_revision(model_id: str) -> str:
         return refs.read_text().strip()
     except OSError:
         return ""
+
+
+# --- marks: an output file's fingerprint, kept in the file itself ------------------------------
+
+MARK = "dlcr"
+"""The PNG text key of an output's mark: the fingerprint of all that made its pixels."""
+
+
+def has_mark(path: str | Path, mark: str) -> bool:
+    """The file exists and carries `mark` (its header and text chunks are read, not its pixels)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get(MARK) == mark
+    except (OSError, ValueError, AttributeError, SyntaxError):
+        return False
+
+
+def png_info(mark: str | None, **text: str) -> Any:
+    """PNG text chunks: the mark (when given) and `text`, for PIL's save(pnginfo=...)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in {**text, **({MARK: mark} if mark else {})}.items():
+        info.add_text(key, value)
+    return info

@@ -65,19 +65,18 @@ LABELS_KEY = "dlcr:labels"
 """PNG text chunk naming the label set ("lip"/"atr") of a label map dlcr wrote."""
 
 
-def save_label_map(label_map: "np.ndarray", path: Path, labels: str) -> None:
-    """A palette PNG of label ids (viewable, and read back as ids), its label set noted."""
+def save_label_map(label_map: "np.ndarray", path: Path, labels: str, mark: str | None = None) -> None:
+    """A palette PNG of label ids (viewable, and read back as ids), its label set noted, and
+    `mark` (dlcr_cli.fingerprint) when given."""
     import numpy as np
-    from PIL import PngImagePlugin
 
+    from dlcr_cli.fingerprint import png_info
     from dlcr_cli.labels import voc_palette
 
     height, width = label_map.shape
     img = Image.frombytes("P", (width, height), np.ascontiguousarray(label_map, dtype=np.uint8).tobytes())
     img.putpalette(voc_palette())
-    info = PngImagePlugin.PngInfo()
-    info.add_text(LABELS_KEY, labels)
-    save_atomic(img, path, pnginfo=info)
+    save_atomic(img, path, pnginfo=png_info(mark, **{LABELS_KEY: labels}))
 
 
 def label_set_of(path: Path) -> str | None:

@@ -120,3 +120,60 @@ def test_model_backends_each_load_once(dlcr, synth_data, tiny_segformer, tiny_ll
     assert run.code == 0, run.stderr
     assert CACHE.loads == 3
     assert len(run.records) == 2 * len(list((synth_data / "train").rglob("*.png")))
+
+
+def _copy(data: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(data, to)
+    return to
+
+
+def test_another_mask_policy_repaints_and_keeps_descriptions_and_prompts(dlcr, synth_data, tmp_path):
+    """mask.dilation changes the masks, not what describe and summarize read: they stay
+    finished, and every variant is painted again with the new masks."""
+    first = weight_free(dlcr, synth_data, tmp_path / "w")
+    assert first.code == 0, first.stderr
+    before = {r["image"]: Path(r["image"]).read_bytes() for r in first.records}
+    wider = weight_free(dlcr, synth_data, tmp_path / "w", "--set", "mask.dilation=3")
+    assert wider.code == 0, wider.stderr
+    n = len(first.records)
+    assert "describe: finished in an earlier run" in wider.stderr
+    assert "summarize: finished in an earlier run" in wider.stderr
+    assert f"inpaint: {n} done, 0 skipped" in wider.stderr, wider.stderr
+    assert sum(Path(r["image"]).read_bytes() != before[r["image"]] for r in wider.records) > n // 2
+    same = weight_free(dlcr, synth_data, tmp_path / "w", "--set", "mask.dilation=3", "--set", "mask.workers=1",
+                       "--set", "inpaint.batch_size=3")
+    assert same.stderr.count("finished in an earlier run") == 4, same.stderr  # speed settings redo nothing
+
+
+def test_a_changed_source_image_repaints_its_own_variants_only(dlcr, synth_data, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    data = _copy(synth_data, tmp_path / "data")
+    first = weight_free(dlcr, data, tmp_path / "w")
+    assert first.code == 0, first.stderr
+    source = first.records[0]["source"]
+    pixels = np.asarray(Image.open(source).convert("RGB")).copy()
+    pixels[:4] = 255 - pixels[:4]
+    Image.fromarray(pixels).save(source)
+    again = weight_free(dlcr, data, tmp_path / "w")
+    assert again.code == 0, again.stderr
+    assert "inpaint: 3 done" in again.stderr, again.stderr  # K = 3 variants of that one image
+    assert [r["image"] for r in again.records] == [r["image"] for r in first.records]
+
+
+def test_another_prompt_table_gives_images_and_records_of_that_table(dlcr, synth_data, tmp_path):
+    first = weight_free(dlcr, synth_data, tmp_path / "w")
+    table = json.loads((tmp_path / "w/prompts.json").read_text())
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(table))
+    b.write_text(json.dumps({k: "white shirt| white pants" for k in table}))
+    with_a = weight_free(dlcr, synth_data, tmp_path / "w", "--prompts", a)
+    assert with_a.code == 0 and {r["prompt"] for r in with_a.records} == {r["prompt"] for r in first.records}
+    with_b = weight_free(dlcr, synth_data, tmp_path / "w", "--prompts", b)
+    assert with_b.code == 0, with_b.stderr
+    assert {r["prompt"] for r in with_b.records} == {"white shirt| white pants"}
+    assert json.loads((tmp_path / "w/prompts.json").read_text()) == json.loads(b.read_text())
+    assert f"inpaint: {len(first.records)} done" in with_b.stderr

@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 import os
 
-from dlcr_cli.fingerprint import MISSING, Digests, file_digest, files_fingerprint, fingerprint, model_revision
+import pytest
+
+from dlcr_cli.fingerprint import MISSING, Digests, file_digest, files_fingerprint, fingerprint, forget, model_revision
+
+
+@pytest.fixture(autouse=True)
+def new_process():
+    forget()  # each test starts as a new process would: only cache files know digests
+    yield
+    forget()
 
 
 def test_fingerprints_are_stable_and_order_free_for_dict_keys():
@@ -23,11 +32,13 @@ def test_the_cache_answers_for_unchanged_files_and_reads_changed_ones(tmp_path):
     digests = first.many(files)
     first.save()
     assert first.read == 5 and digests == [file_digest(f) for f in files] and len(set(digests)) == 5
+    forget()
     again = Digests(cache)
     assert again.many(files) == digests and again.read == 0
     # same size, new content and mtime: read again, new digest
     files[2].write_bytes(b"\xff" * 100)
     os.utime(files[2], ns=(1, 1))
+    forget()
     third = Digests(cache)
     changed = third.many(files)
     assert third.read == 1 and changed[2] != digests[2] and changed[:2] == digests[:2]
@@ -42,6 +53,7 @@ def test_a_cache_that_lies_about_a_file_is_not_believed_after_a_change(tmp_path)
     d.save()
     known = json.loads(cache.read_text())
     f.write_bytes(b"two!")  # another size
+    forget()
     assert Digests(cache).of(f) == file_digest(f) != known[str(f)][2]
 
 
@@ -75,3 +87,14 @@ def test_a_local_model_folder_changes_its_revision_when_a_file_changes(tmp_path)
     (tmp_path / "m" / "model.safetensors").write_bytes(b"weights")
     assert model_revision(str(tmp_path / "m")) != before
     assert model_revision("no-such-org/no-such-model") == ""
+
+
+def test_digests_are_shared_within_a_process_and_each_cache_file_keeps_its_own(tmp_path):
+    a = tmp_path / "a"
+    a.write_bytes(b"a")
+    one, two = Digests(tmp_path / "one.json"), Digests(tmp_path / "two.json")
+    one.of(a)
+    assert two.of(a) == one.of(a) and (one.read, two.read) == (1, 0)
+    one.save()
+    two.save()  # it was asked about `a`: its file holds it too
+    assert str(a) in json.loads((tmp_path / "two.json").read_text())

@@ -276,6 +276,30 @@ def test_outputs_of_other_settings_are_painted_again_not_skipped(dlcr, small_pro
     assert "6 done, 12 skipped" in run("--seed", "5", "-k", "3").stderr  # a larger K keeps the first K's images
 
 
+def test_outputs_painted_with_other_masks_are_painted_again(dlcr, small_prompted, synth_data, tmp_path):
+    """The mark holds the content of the source's image and mask: masks redone with another
+    keep set (same paths) repaint their variants instead of passing the old ones off."""
+    def masked(*args):
+        run = dlcr("mask", small_prompted, "--backend", "parsing", "--parsing-dir", synth_data / "parsing",
+                   "--out", tmp_path / "m", *args)
+        assert run.code == 0, run.stderr
+        (tmp_path / "masked.jsonl").write_text(run.stdout)
+        return tmp_path / "masked.jsonl"
+
+    def painted(source):
+        return dlcr("inpaint", source, "--out", tmp_path / "gen", "--backend", "recolor", "-k", "2",
+                    "--prompts", tmp_path / "prompts.json")
+
+    first = painted(masked())
+    assert "12 done, 0 skipped" in first.stderr, first.stderr
+    assert "0 done, 12 skipped" in painted(masked()).stderr
+    before = [Path(r["image"]).read_bytes() for r in first.records]
+    again = painted(masked("--overwrite", "--keep", "face"))
+    assert "12 done, 0 skipped" in again.stderr, again.stderr
+    assert [r["image"] for r in again.records] == [r["image"] for r in first.records]
+    assert any(Path(r["image"]).read_bytes() != b for r, b in zip(again.records, before))
+
+
 # --- the diffusion painter: its own view of the shared pipeline, dtypes, weights, memory ----
 
 

@@ -96,19 +96,48 @@ def test_dilation_grows_the_mask(dlcr, tree, tmp_path):
     assert not b[6, 10]  # three rows above stays kept
 
 
-def test_existing_outputs_are_skipped_and_overwritten_on_request(dlcr, tree, tmp_path):
+def test_outputs_are_reused_only_with_their_mark_and_overwritten_on_request(dlcr, tree, tmp_path):
+    from dlcr_cli.fingerprint import MARK
+
     data, parsing = tree
     out = tmp_path / "out"
     first = dlcr(*mask_args(data, parsing, out))
-    mask_file = Path(first.records[0]["mask"])
-    Image.fromarray(np.full((H, W), 7, np.uint8)).save(mask_file)  # mark it
     again = dlcr(*mask_args(data, parsing, out))
-    assert again.code == 0 and again.records == first.records
-    assert "3 skipped" in again.stderr
-    assert np.asarray(Image.open(mask_file)).max() == 7
+    assert again.code == 0 and again.records == first.records and "3 skipped" in again.stderr
+    mask_file = Path(first.records[0]["mask"])
+    Image.fromarray(np.full((H, W), 7, np.uint8)).save(mask_file)  # someone else's file: no mark
+    third = dlcr(*mask_args(data, parsing, out))
+    assert "1 done, 2 skipped" in third.stderr
+    with Image.open(mask_file) as image:
+        assert np.asarray(image).max() == 255 and MARK in image.text
     dlcr(*mask_args(data, parsing, out, "--overwrite"))
-    assert np.asarray(Image.open(mask_file)).max() == 255
+    assert "3 done" in dlcr(*mask_args(data, parsing, out, "--overwrite")).stderr
     assert not list(out.rglob("*.tmp"))
+
+
+def test_masks_made_another_way_are_made_again(dlcr, tree, tmp_path):
+    """Another keep set, dilation or label map: the folder's masks are redone (each output's
+    mark holds the policy and its inputs' content), never kept because they exist."""
+    data, parsing = tree
+    out = tmp_path / "out"
+    first = dlcr(*mask_args(data, parsing, out))
+    label_maps = [Path(r["parsing"]).read_bytes() for r in first.records]
+    wider = dlcr(*mask_args(data, parsing, out, "--dilation", "2"))
+    assert "3 done" in wider.stderr
+    # the masks are drawn again from the label maps, which stay as they were (what reads them is current)
+    assert [Path(r["parsing"]).read_bytes() for r in wider.records] == label_maps
+    mask_file = Path(first.records[0]["mask"])
+    dilated = np.asarray(Image.open(mask_file)).copy()
+    kept = dlcr(*mask_args(data, parsing, out, "--dilation", "2", "--keep", "face"))
+    assert "3 done" in kept.stderr and not np.array_equal(np.asarray(Image.open(mask_file)), dilated)
+    same = dlcr(*mask_args(data, parsing, out, "--dilation", "2", "--keep", "face", "--workers", "1"))
+    assert "3 skipped" in same.stderr  # workers change how fast, not what
+    source = sorted(parsing.rglob("*.png"))[0]
+    label_map = np.asarray(Image.open(source)).copy()
+    label_map[0, 0] = (label_map[0, 0] + 1) % 5
+    Image.fromarray(label_map).save(source)
+    changed = dlcr(*mask_args(data, parsing, out, "--dilation", "2", "--keep", "face"))
+    assert "1 done, 2 skipped" in changed.stderr
 
 
 def test_unknown_fields_pass_through_and_order_is_kept(dlcr, tree, tmp_path):

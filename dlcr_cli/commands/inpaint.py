@@ -84,6 +84,7 @@ def inpaint(
     from dlcr_cli.console import log, progress
     from dlcr_cli.distributed import current_shard, dealt, run_sharded
     from dlcr_cli.errors import InputMissing
+    from dlcr_cli.fingerprint import CACHE_NAME, Digests
     from dlcr_cli.records import read_records
     from dlcr_cli.stages.inpaint import (chunk_plan, make_painter, make_plan, prompt_table, read_prompt_file,
                                          run_inpaint, select_sources)
@@ -106,12 +107,15 @@ def inpaint(
         raise InputMissing("no clothing id has a prompt: run dlcr summarize first, or pass --prompts FILE")
     jobs, failed = make_plan(sources, table, variants=s.variants, seed=s.seed, out=out, fmt=s.format)
     painter = make_painter(settings)
-    work = partial(run_inpaint, painter=painter, fmt=s.format, overwrite=overwrite, workers=s.workers)
+    digests = Digests(out / CACHE_NAME)  # one for every chunk: the cache file is read and written once
+    work = partial(run_inpaint, painter=painter, fmt=s.format, overwrite=overwrite, workers=s.workers,
+                   digests=digests)
     shard = current_shard()
     if not shard.active:
         try:
             emit(chain(failed, work(jobs)), "inpaint", fail_fast, total=len(jobs) + len(failed))
         finally:
+            digests.save()
             _preview(jobs, s.format, preview)
         return
     chunks = chunk_plan(jobs, painter.batch_size)
@@ -119,6 +123,8 @@ def inpaint(
     log.info("inpaint: process 1 of %d paints %d of %d images", shard.world, mine, len(jobs))
     with progress(f"inpaint (process 1 of {shard.world})", mine) as bar:
         merged = run_sharded(work, chunks, out / SHARD_FOLDER, shard, on_outcome=lambda _: bar.advance())
+    if shard.is_main:
+        digests.save()
     if merged is not None:
         try:
             emit(chain(failed, merged), "inpaint", fail_fast, bar=False)

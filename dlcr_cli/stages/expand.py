@@ -5,11 +5,16 @@ images that get variants; other splits need no mask nor description). Models com
 process-wide cache, so each loads once; when a later model needs GPU memory, the cache moves
 the idle earlier ones to the CPU.
 
-Every stage's records are kept in DIR/records/<stage>.jsonl, with a key of the stage's input
-records and settings beside them. A run started again over the same DIR takes a finished
+Every stage's records are kept in DIR/records/<stage>.jsonl, with a key beside them: the
+fingerprint (dlcr_cli.fingerprint) of the stage's settings that change outputs, its model's
+revision, the prompt table (inpaint), and of each input record together with the content of
+the files the stage reads from it (describe: the image, or the parsing map for colours;
+inpaint: image, mask and parsing map). A run started again over the same DIR takes a finished
 stage's records as they are, carries a crashed stage's finished records over (so describe
-does not ask the model again), and redoes a stage whose input or settings changed. Masks
-and generated images are files that the stages skip when they exist.
+does not ask the model again), and redoes, record by record, what changed: masks redone with
+another dilation leave the descriptions and prompts as they were and repaint the variants of
+the images whose mask changed. Masks and generated images carry marks of what made them, so
+their stages also tell outputs made another way file by file.
 """
 
 from __future__ import annotations
@@ -134,13 +139,19 @@ class StageRun:
 def run_stage(name: str, records: list[Record], settings: Any, folder: Path, overwrite: bool, consume: Consume,
               work: Callable[[list[Record], bool], Iterable[Outcome]], *key_extra: object,
               sink: Callable[[Record], None] | None = None, marked_outputs: bool = False,
+              reads: Callable[[Record], list[str]] = lambda record: [], digests: Any = None,
               **consume_args: Any) -> StageRun:
     """Run `work(records, overwrite)`, or take its result from an earlier run's checkpoint.
-    `marked_outputs`: the stage itself tells outputs made with other settings (inpaint's
-    marks), so changed settings need not redo everything."""
-    input_hashes = [hash_of(record_json(record)) for record in records]
+    `reads`: the files of a record whose content the stage's outputs depend on (`digests`
+    gives it). `marked_outputs`: the stage itself tells outputs made with other
+    settings (marks), so changed settings need not redo everything."""
+    from dlcr_cli.fingerprint import Digests, model_revision
+
+    input_hashes = _input_hashes(records, reads, digests or Digests())
     outputs_depend_on = settings.model_dump(mode="json", exclude=NOT_IN_OUTPUTS)
-    settings_key = hash_of(json.dumps(outputs_depend_on, sort_keys=True), *map(str, key_extra))
+    model = getattr(settings, "model", None)
+    revision = model_revision(model) if isinstance(model, str) else ""
+    settings_key = hash_of(json.dumps(outputs_depend_on, sort_keys=True), revision, *map(str, key_extra))
     checkpoint = Checkpoint(folder, name, settings_key, hash_of(*input_hashes))
     finished = None if overwrite else checkpoint.finished()
     if finished is not None:
@@ -172,6 +183,19 @@ def run_stage(name: str, records: list[Record], settings: Any, folder: Path, ove
     return StageRun(kept, tally.failed)
 
 
+def _input_hashes(records: list[Record], reads: Callable[[Record], list[str]], digests: Any) -> list[str]:
+    """Per record: its JSON and the content of the files the stage reads for it."""
+    paths = [reads(record) for record in records]
+    flat = [path for row in paths for path in row]
+    digest = dict(zip(flat, digests.many(flat)))
+    return [hash_of(record_json(record), *(digest[path] for path in row)) for record, row in zip(records, paths)]
+
+
+def fields(*names: str) -> Callable[[Record], list[str]]:
+    """`reads` for a stage that reads the files named by these record fields."""
+    return lambda record: [str(value) for value in (getattr(record, name) for name in names) if value]
+
+
 WEIGHT_FREE = {"mask": {"backend": "parsing"}, "describe": {"backend": "colors"},
                "summarize": {"backend": "vote"}, "inpaint": {"backend": "recolor"}}
 """The weight-free backend of every stage (mask also needs a parsing_dir)."""
@@ -193,8 +217,9 @@ def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | Non
     the end if any item of any stage failed."""
     from dlcr_cli.commands.common import Tally, consume
     from dlcr_cli.errors import InputMissing
+    from dlcr_cli.fingerprint import CACHE_NAME, Digests
     from dlcr_cli.records import read_records, write_record
-    from dlcr_cli.stages.inpaint import prompt_table, read_prompt_file, select_sources
+    from dlcr_cli.stages.inpaint import read_prompt_file, select_sources
 
     records = list(read_records(input))  # input errors come before any model is loaded
     sources, others = select_sources(records, settings.inpaint.splits)
@@ -202,13 +227,31 @@ def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | Non
         raise InputMissing(f"no source records of split {','.join(settings.inpaint.splits)} in {input}")
     if others:
         log.info("expand: %d records of other splits than %s are left alone", others, ",".join(settings.inpaint.splits))
-    stage = _StageRunner(out / "records", overwrite, consume, fail_fast)
-    masked = stage("mask", sources, settings.mask, partial_work(_mask, settings, out), out)
-    table_file = read_prompt_file(prompts_file) if prompts_file else None
+    digests = Digests(out / CACHE_NAME)
+    stage = _StageRunner(out / "records", overwrite, consume, fail_fast, digests)
+    try:
+        generated, jobs = _stages(stage, sources, settings, out, read_prompt_file(prompts_file) if prompts_file else None,
+                                  sink or write_record, digests)
+    finally:
+        digests.save()
+    _preview(jobs, settings.inpaint.format, out / "preview.png")
+    Tally(failed=stage.failed, done=stage.done).raise_if_failed()
+    return generated
+
+
+def _stages(stage: _StageRunner, sources: list[Record], settings: Any, out: Path, table_file: dict[str, str] | None,
+            sink: Callable[[Record], Any], digests: Any) -> tuple[list[Record], list]:
+    from dlcr_cli.errors import InputMissing
+    from dlcr_cli.fingerprint import fingerprint
+    from dlcr_cli.stages.inpaint import prompt_table
+
+    masked = stage("mask", sources, settings.mask, partial_work(_mask, settings, out, digests), out,
+                   reads=_mask_reads(settings.mask), marked_outputs=True)
     prompted = masked
     if table_file is None:
+        reads = fields("parsing") if settings.describe.backend == "colors" else fields("image")
         described = stage("describe", masked, settings.describe, partial_work(_describe, settings),
-                          skipped_means="described already")
+                          reads=reads, skipped_means="described already")
         prompted = stage("summarize", described, settings.summarize, partial_work(_summarize, settings),
                          bar=False, skipped_means="prompt kept")
     table = prompt_table(prompted, table_file)
@@ -216,11 +259,11 @@ def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | Non
     if not table:
         raise InputMissing("no clothing id has a prompt (see the messages above), nothing to inpaint")
     jobs: list = []
-    generated = stage("inpaint", prompted, settings.inpaint, partial_work(_inpaint, settings, out, table, jobs),
-                      out, sink=sink or write_record, marked_outputs=True)
-    _preview(jobs, settings.inpaint.format, out / "preview.png")
-    Tally(failed=stage.failed, done=stage.done).raise_if_failed()
-    return generated
+    reads = fields("image", "mask", "parsing") if settings.inpaint.backend == "recolor" else fields("image", "mask")
+    generated = stage("inpaint", prompted, settings.inpaint,
+                      partial_work(_inpaint, settings, out, table, jobs, digests), out, fingerprint(table),
+                      sink=sink, marked_outputs=True, reads=reads)
+    return generated, jobs
 
 
 def partial_work(fn: Callable[..., Iterable[Outcome]], *args: Any) -> Callable[[list[Record], bool], Iterable[Outcome]]:
@@ -229,24 +272,35 @@ def partial_work(fn: Callable[..., Iterable[Outcome]], *args: Any) -> Callable[[
 
 
 class _StageRunner:
-    def __init__(self, folder: Path, overwrite: bool, consume: Consume, fail_fast: bool) -> None:
+    def __init__(self, folder: Path, overwrite: bool, consume: Consume, fail_fast: bool, digests: Any) -> None:
         self.folder, self.overwrite, self.consume, self.fail_fast = folder, overwrite, consume, fail_fast
+        self.digests = digests
         self.failed = self.done = 0
 
     def __call__(self, name: str, records: list[Record], settings: Any, work: Callable, *key_extra: object,
                  **options: Any) -> list[Record]:
         result = run_stage(name, records, settings, self.folder, self.overwrite, self.consume, work, *key_extra,
-                           fail_fast=self.fail_fast, total=len(records), **options)
+                           fail_fast=self.fail_fast, total=len(records), digests=self.digests, **options)
         self.failed += result.failed
         self.done += len(result.records)
         return result.records
 
 
-def _mask(records: list[Record], overwrite: bool, settings: Any, out: Path) -> Iterable[Outcome]:
+def _mask_reads(m: Any) -> Callable[[Record], list[str]]:
+    """The image, and with the parsing backend the given label map of it."""
+    if m.backend != "parsing" or m.parsing_dir is None:
+        return fields("image")
+    from dlcr_cli.io import mirrored
+    from dlcr_cli.records import rel_path
+
+    return lambda record: [record.image, str(mirrored(Path(m.parsing_dir), rel_path(record)))]
+
+
+def _mask(records: list[Record], overwrite: bool, settings: Any, out: Path, digests: Any) -> Iterable[Outcome]:
     from dlcr_cli.stages.mask import MaskJob, make_parser, run_mask
 
     m = settings.mask
-    return run_mask(records, make_parser(settings), MaskJob(out, m.keep, m.dilation, overwrite, m.workers))
+    return run_mask(records, make_parser(settings), MaskJob(out, m.keep, m.dilation, overwrite, m.workers, digests))
 
 
 def _describe(records: list[Record], overwrite: bool, settings: Any) -> Iterable[Outcome]:
@@ -263,7 +317,7 @@ def _summarize(records: list[Record], overwrite: bool, settings: Any) -> Iterabl
 
 
 def _inpaint(records: list[Record], overwrite: bool, settings: Any, out: Path, table: dict[str, str],
-             jobs: list) -> Iterable[Outcome]:
+             jobs: list, digests: Any) -> Iterable[Outcome]:
     from itertools import chain
 
     from dlcr_cli.stages.inpaint import make_painter, make_plan, run_inpaint
@@ -272,7 +326,7 @@ def _inpaint(records: list[Record], overwrite: bool, settings: Any, out: Path, t
     planned, failed = make_plan(records, table, variants=s.variants, seed=s.seed, out=out / "generated", fmt=s.format)
     jobs.extend(planned)
     return chain(failed, run_inpaint(planned, make_painter(settings), fmt=s.format, overwrite=overwrite,
-                                     workers=s.workers))
+                                     workers=s.workers, digests=digests))
 
 
 def _write_prompts(table: dict[str, str], path: Path) -> None:

@@ -235,7 +235,9 @@ class DiffusionPainter:
         self.batch_size = batch_size
         self.height, self.width = size
         self.call = {"num_inference_steps": steps, "guidance_scale": guidance, "strength": strength}
-        self.fingerprint = f"diffusion {model_id} {size} {self.call} {scheduler} {dtype}"
+        from dlcr_cli.fingerprint import model_revision
+
+        self.fingerprint = f"diffusion {model_id} {model_revision(model_id)} {size} {self.call} {scheduler} {dtype}"
         cached = CACHE.get("inpainting", model_id, dtype=dtype, device=device, setting="inpaint.model",
                            offload_idle=offload_idle, load=partial(_load_pipeline, model_id, device, dtype))
         swaps = {}
@@ -389,35 +391,32 @@ def chunk_plan(jobs: list[Job], batch_size: int) -> list[list[Job]]:
 
 
 
-MARK = "dlcr"
-"""The PNG text key of an output's mark: a hash of all that made its pixels. An existing
-output counts as done only with the mark its job would give it, so a run with another seed,
-prompt table, model or setting into the same folder paints again instead of skipping."""
+def output_marks(jobs: list[Job], painter: Painter, digests: Any) -> dict[Path, str]:
+    """The mark (dlcr_cli.fingerprint) of every output file: the painter's fingerprint, the
+    job (source, variant, target, prompt, seed) and the content of the files it paints from
+    (image, mask, and the parsing map for painters that read it). An existing output counts
+    as done only with the mark its job gives it now, so another seed, prompt table, model,
+    setting, mask or source image paints again instead of skipping. A strip's mark covers
+    all its tiles."""
+    from dlcr_cli.fingerprint import fingerprint
 
-
-def output_marks(jobs: list[Job], fingerprint: str) -> dict[Path, str]:
-    """The mark of every output file (a strip's mark covers all its tiles)."""
+    fields = ("image", "mask", "parsing") if painter.needs_parsing else ("image", "mask")
+    sources = {job.rel: job.source for job in jobs}
+    files = {rel: [getattr(source, f) or "" for f in fields] for rel, source in sources.items()}
+    flat = [path for paths in files.values() for path in paths]
+    digest = dict(zip(flat, digests.many(flat)))
     marks: dict[Path, str] = {}
     for job in jobs:
-        mark = format(stable_int(fingerprint, job.rel, job.variant, job.target, job.prompt, job.seed), "x")
-        marks[job.out] = format(stable_int(marks[job.out], mark), "x") if job.out in marks else mark
+        mark = fingerprint("inpaint", painter.fingerprint, job.rel, job.variant, job.target, job.prompt, job.seed,
+                           [digest[path] for path in files[job.rel]])
+        marks[job.out] = fingerprint(marks[job.out], mark) if job.out in marks else mark
     return marks
 
 
-def _has_mark(path: Path, mark: str) -> bool:
-    try:
-        with Image.open(path) as image:  # reads the header and text chunks, not the pixels
-            return image.text.get(MARK) == mark
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _save_marked(image: np.ndarray, path: Path, mark: str) -> None:
-    from PIL.PngImagePlugin import PngInfo
+    from dlcr_cli.fingerprint import png_info
 
-    info = PngInfo()
-    info.add_text(MARK, mark)
-    save_atomic(Image.fromarray(image), path, pnginfo=info)
+    save_atomic(Image.fromarray(image), path, pnginfo=png_info(mark))
 
 
 @dataclass
@@ -429,11 +428,21 @@ class Batch:
 
 
 def run_inpaint(jobs: list[Job], painter: Painter, *, fmt: str = "files", overwrite: bool = False,
-                workers: int = 4) -> Iterator[Outcome]:
+                workers: int = 4, digests: Any = None) -> Iterator[Outcome]:
     """Generate, paste back and write every job; one outcome per generated image (or per
-    source that failed), in plan order."""
+    source that failed), in plan order. `digests`: of the source files, saved by the caller
+    (default: cached in the output folder, saved here)."""
+    from dlcr_cli.fingerprint import CACHE_NAME, Digests
+
+    if not jobs:
+        return
     batches = [jobs[i:i + painter.batch_size] for i in range(0, len(jobs), painter.batch_size)]
-    marks = output_marks(jobs, painter.fingerprint)
+    if digests is None:
+        digests = Digests(jobs[0].out_dir / CACHE_NAME)
+        marks = output_marks(jobs, painter, digests)
+        digests.save()
+    else:
+        marks = output_marks(jobs, painter, digests)
     writer = _StripWriter(marks) if fmt == "strip" else None
     failed: set[str] = set()
     read = partial(_read_batch, overwrite=overwrite, needs_parsing=painter.needs_parsing, marks=marks)
@@ -451,7 +460,9 @@ def run_inpaint(jobs: list[Job], painter: Painter, *, fmt: str = "files", overwr
 
 
 def _read_batch(jobs: list[Job], overwrite: bool, needs_parsing: bool, marks: dict[Path, str]) -> Batch:
-    batch = Batch(jobs, [not overwrite and _has_mark(job.out, marks[job.out]) for job in jobs])
+    from dlcr_cli.fingerprint import has_mark
+
+    batch = Batch(jobs, [not overwrite and has_mark(job.out, marks[job.out]) for job in jobs])
     if all(batch.done):
         return batch
     for job in jobs:

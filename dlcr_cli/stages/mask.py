@@ -5,6 +5,13 @@ background (hat, hair, face, arms, legs) and marks every other label for repaint
 Both the mask and the label map are written, mirroring the input's relative paths:
 `OUT/masks/<rel>.png` and `OUT/parsing/<rel>.png` (the latter is what the weight-free
 backends of later stages read, and can itself be fed back with `--backend parsing`).
+
+Both files carry a mark (dlcr_cli.fingerprint). The label map's: the fingerprint of the
+parser (backend, model and revision, input size, dtype) and of the content of the files it
+read (the image, and the given label map with `--backend parsing`); the mask's: that and the
+policy (keep set, dilation). An existing file is reused only with the mark its record would
+give it now: another policy redraws the masks from the label maps already there (which stay
+as they are, so what reads them need not be done again); another parser or input parses again.
 """
 
 from __future__ import annotations
@@ -41,6 +48,14 @@ class MaskJob:
     dilation: int = 0
     overwrite: bool = False
     workers: int = 4
+    digests: Any = None
+    """dlcr_cli.fingerprint.Digests of the inputs (default: cached in `out`)."""
+
+    def __post_init__(self) -> None:
+        from dlcr_cli.fingerprint import CACHE_NAME, Digests
+
+        if self.digests is None:
+            self.digests = Digests(self.out / CACHE_NAME)
 
 
 @dataclass
@@ -55,12 +70,23 @@ class Item:
     image lies in them; parsing: the existing label map)."""
     error: str | None = None
     skipped: bool = False
+    parsing_mark: str | None = None
+    """The fingerprint of all that makes this item's label map."""
+    mark: str | None = None
+    """The fingerprint of all that makes its mask (the label map's and the policy)."""
+    redraw: bool = False
+    """The label map on disk is current, only the mask is to be drawn again (payload: the map)."""
 
 
 class Parser(Protocol):
     labels: str | None
     """"lip" or "atr" (None until a parser that guesses has seen its first maps)."""
     batch_size: int
+    fingerprint: str
+    """Everything of the parser that changes its label maps."""
+
+    def inputs(self, record: Record) -> list[Path | str]:
+        """The files it reads for `record` (their content enters the item's mark)."""
 
     def read(self, item: Item) -> None:
         """Read what `parse` needs into item.payload and item.size (worker thread)."""
@@ -73,18 +99,36 @@ def run_mask(records: Iterable[Record], parser: Parser, job: MaskJob) -> Iterato
     """Mask every record, in input order; failures are outcomes, not exceptions."""
     items = prefetch(partial(_prepare, parser=parser, job=job), records, job.workers,
                      depth=2 * parser.batch_size + job.workers)
-    with ThreadPoolExecutor(job.workers, thread_name_prefix="dlcr-write") as writers:
-        for batch in in_batches((f.result() for f in items), parser.batch_size, _needs_parsing):
-            yield from _finish_batch(batch, parser, job, writers)
+    try:
+        with ThreadPoolExecutor(job.workers, thread_name_prefix="dlcr-write") as writers:
+            for batch in in_batches((f.result() for f in items), parser.batch_size, _needs_parsing):
+                yield from _finish_batch(batch, parser, job, writers)
+    finally:
+        job.digests.save()
+
+
+def item_marks(record: Record, parser: Parser, job: MaskJob) -> tuple[str, str]:
+    """(the label map's mark, the mask's mark) of a record."""
+    from dlcr_cli.fingerprint import fingerprint
+
+    parsing = fingerprint("parsing", parser.fingerprint, job.digests.many(parser.inputs(record)))
+    return parsing, fingerprint("mask", parsing, sorted(job.keep), job.dilation)
 
 
 def _prepare(record: Record, parser: Parser, job: MaskJob) -> Item:
+    from dlcr_cli.fingerprint import has_mark
+
     rel = rel_path(record)
     item = Item(record, mirrored(job.out / "masks", rel), mirrored(job.out / "parsing", rel))
-    if not job.overwrite and item.mask_path.is_file() and item.parsing_path.is_file():
-        item.skipped = True
-        return item
+    item.parsing_mark, item.mark = item_marks(record, parser, job)
     try:
+        if not job.overwrite and has_mark(item.parsing_path, item.parsing_mark):
+            if has_mark(item.mask_path, item.mark):
+                item.skipped = True
+            else:
+                item.redraw, item.payload = True, load_label_map(item.parsing_path)
+                item.size = item.payload.shape[::-1]
+            return item
         parser.read(item)
     except ItemError as err:
         item.error = str(err)
@@ -92,13 +136,15 @@ def _prepare(record: Record, parser: Parser, job: MaskJob) -> Item:
 
 
 def _needs_parsing(item: Item) -> bool:
-    return not item.skipped and item.error is None
+    return not (item.skipped or item.redraw) and item.error is None
 
 
 def _finish_batch(batch: list[Item], parser: Parser, job: MaskJob, writers: ThreadPoolExecutor) -> Iterator[Outcome]:
     todo = [it for it in batch if _needs_parsing(it)]
     maps = parser.parse(todo) if todo else []
     written = {id(it): writers.submit(_write, it, m, parser.labels, job) for it, m in zip(todo, maps)}
+    written.update({id(it): writers.submit(_write_mask, it, it.payload, _written_labels(it.parsing_path), job)
+                    for it in batch if it.redraw and it.error is None})
     for item in batch:
         if id(item) in written:
             try:
@@ -117,8 +163,17 @@ def _write(item: Item, label_map: np.ndarray, labels: str, job: MaskJob) -> None
     top = int(label_map.max())
     if top >= len(label_sets.LABEL_SETS[labels]):
         raise ItemError(f"label map has label {top}, outside {labels.upper()} (0-{len(label_sets.LABEL_SETS[labels]) - 1})")
-    save_atomic(Image.fromarray(clothing_mask(label_map, labels, job.keep, job.dilation)), item.mask_path)
-    save_label_map(label_map, item.parsing_path, labels)
+    save_label_map(label_map, item.parsing_path, labels, item.parsing_mark)
+    _write_mask(item, label_map, labels, job)  # last: a mask with its mark has its label map
+
+
+def _write_mask(item: Item, label_map: np.ndarray, labels: str | None, job: MaskJob) -> None:
+    from dlcr_cli.fingerprint import png_info
+
+    if labels is None:
+        raise ItemError(f"cannot tell the label set of {item.parsing_path} (LIP or ATR); pass --overwrite")
+    save_atomic(Image.fromarray(clothing_mask(label_map, labels, job.keep, job.dilation)), item.mask_path,
+                pnginfo=png_info(item.mark))
 
 
 def clothing_mask(label_map: np.ndarray, labels: str, keep: list[str], dilation: int = 0) -> np.ndarray:
@@ -132,7 +187,7 @@ def clothing_mask(label_map: np.ndarray, labels: str, keep: list[str], dilation:
 def _annotate(item: Item, labels: str | None) -> None:
     item.record.mask = str(item.mask_path.resolve())
     item.record.parsing = str(item.parsing_path.resolve())
-    item.record.parsing_labels = _written_labels(item.parsing_path) if item.skipped else labels
+    item.record.parsing_labels = _written_labels(item.parsing_path) if item.skipped or item.redraw else labels
 
 
 def _written_labels(path: Path) -> str | None:
@@ -155,10 +210,17 @@ class ParsingDirParser:
     def __post_init__(self) -> None:
         if not self.directory.is_dir():
             raise UsageError(f"parsing directory not found: {self.directory} (--parsing-dir)")
+        self.fingerprint = f"parsing {self.labels or 'auto'}"
+
+    def inputs(self, record: Record) -> list[Path | str]:
+        return [record.image, self._map_of(record)]
+
+    def _map_of(self, record: Record) -> Path:
+        return mirrored(self.directory, rel_path(record))
 
     def read(self, item: Item) -> None:
         item.size = load_rgb(item.record.image).size
-        item.payload = load_label_map(mirrored(self.directory, rel_path(item.record)))
+        item.payload = load_label_map(self._map_of(item.record))
 
     def parse(self, items: list[Item]) -> list[np.ndarray]:
         maps = [it.payload for it in items]
@@ -197,6 +259,9 @@ class SegformerParser:
         self.batches = OomSplitter("mask")
         self.input_size = input_size
         self.letterbox = letterbox
+        from dlcr_cli.fingerprint import fingerprint, model_revision
+
+        self.fingerprint = fingerprint("segformer", model_id, model_revision(model_id), input_size, letterbox, str(dtype))
         self.model = CACHE.get(
             "semantic-segmentation", model_id, dtype=dtype, device=device, setting="mask.model",
             offload_idle=offload_idle,
@@ -206,6 +271,9 @@ class SegformerParser:
         if self.labels is None:
             names = ", ".join(str(v) for v in list(self.model.config.id2label.values())[:6])
             raise ConfigError(f"model {model_id!r} predicts labels ({names}, ...) that are neither LIP nor ATR; set mask.model")
+
+    def inputs(self, record: Record) -> list[Path | str]:
+        return [record.image]
 
     def read(self, item: Item) -> None:
         img = load_rgb(item.record.image)
