@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from dlcr_cli.console import log
-from dlcr_cli.errors import Unavailable
+from dlcr_cli.errors import Unavailable, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +36,8 @@ def resolve_device(name: str) -> "torch.device":
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise Unavailable(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps (--device, DLCR_DEVICE)") from None
+        # a name torch does not know is a usage error (2); a known device this machine lacks is 69
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps (--device, DLCR_DEVICE)") from None
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0 or (device.index or 0) >= count:

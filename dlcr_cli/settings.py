@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from dlcr_cli import labels
@@ -23,6 +23,16 @@ ENV_PREFIX = "DLCR_"
 CONFIG_ENV = "DLCR_CONFIG"
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+def _positive_size(value: tuple[int, int]) -> tuple[int, int]:
+    if any(v <= 0 for v in value):
+        raise ValueError(f"height and width must be positive, got {value[0]}x{value[1]}")
+    return value
+
+
+Size = Annotated[tuple[int, int], AfterValidator(_positive_size)]
+"""(height, width), both positive."""
 
 
 class Section(BaseModel):
@@ -45,7 +55,7 @@ class MaskSettings(Section):
     model: str = "mattmdjaga/segformer_b2_clothes"
     """Semantic-segmentation model (hub id or directory) predicting LIP or ATR labels."""
     batch_size: int = Field(8, gt=0)
-    input_size: tuple[int, int] = (512, 512)
+    input_size: Size = (512, 512)
     """Height and width of the segmentation model's input."""
     resize: Literal["letterbox", "stretch"] = "letterbox"
     """letterbox: keep the aspect ratio and pad (as SCHP does for tall ReID crops);
@@ -172,7 +182,7 @@ class InpaintSettings(Section):
 class EvaluateSettings(Section):
     """`dlcr evaluate`: features of a re-id model and the dataset's protocol."""
 
-    image_size: tuple[int, int] | None = None
+    image_size: Size | None = None
     """Height and width the model sees; unset: the checkpoint's (its training size), else 384x192."""
     batch_size: int = Field(128, gt=0)
     """Images per forward pass while extracting features."""
@@ -189,13 +199,6 @@ class EvaluateSettings(Section):
     lambda_value: float = Field(0.3, ge=0, le=1)
     """Weight of the original distance in the re-ranked one."""
 
-    @field_validator("image_size")
-    @classmethod
-    def _positive(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and any(v <= 0 for v in value):
-            raise ValueError(f"height and width must be positive, got {value[0]}x{value[1]}")
-        return value
-
 
 class TrainSettings(Section):
     """`dlcr train`: CAL on real (+ generated) images (SPEC "train"). Unset values take the
@@ -205,7 +208,7 @@ class TrainSettings(Section):
     """A transformers vision backbone (hub id or folder), or builtin:small (random init, no weights)."""
     loss: Literal["cal", "ce"] = "cal"
     """cal: identity + clothes classifier + CAL loss; ce: the plain identity baseline."""
-    image_size: tuple[int, int] = (384, 192)
+    image_size: Size = (384, 192)
     epochs: int = Field(60, gt=0)
     ids_per_batch: int | None = Field(None, gt=0)
     """P of the PK sampler (unset: 8, LaST and DeepChange 16)."""

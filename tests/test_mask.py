@@ -17,8 +17,9 @@ H, W = 40, 20
 
 
 def lip_person() -> np.ndarray:
-    """A label map with hair, face, upper clothes, arms, pants, legs and shoes (LIP ids)."""
+    """A label map with a hat, hair, face, upper clothes, arms, pants, both legs and shoes (LIP ids)."""
     m = np.zeros((H, W), np.uint8)
+    m[0:2, 6:14] = LIP.index("hat")
     m[2:6, 6:14] = LIP.index("hair")
     m[6:10, 7:13] = LIP.index("face")
     m[10:22, 5:15] = LIP.index("upper-clothes")
@@ -26,12 +27,28 @@ def lip_person() -> np.ndarray:
     m[10:20, 15:18] = LIP.index("right-arm")
     m[22:32, 6:14] = LIP.index("pants")
     m[32:36, 6:9] = LIP.index("left-leg")
+    m[32:36, 11:14] = LIP.index("right-leg")
     m[36:39, 6:9] = LIP.index("left-shoe")
     m[36:39, 11:14] = LIP.index("right-shoe")
     return m
 
 
 CLOTHING_LIP = [LIP.index(n) for n in ("upper-clothes", "pants", "left-shoe", "right-shoe")]
+
+
+@pytest.mark.parametrize("labels", ["lip", "atr"])
+def test_the_default_policy_keeps_identity_and_background_and_repaints_every_other_label(labels):
+    """Every label of the set, one band each: hat, hair, face, both arms, both legs and the
+    background are kept (0), everything else is repainted (255)."""
+    from dlcr_cli.labels import DEFAULT_KEEP, LABEL_SETS
+    from dlcr_cli.stages.mask import clothing_mask
+
+    names = LABEL_SETS[labels]
+    label_map = np.repeat(np.arange(len(names), dtype=np.uint8), 2)[:, None].repeat(4, axis=1)
+    mask = clothing_mask(label_map, labels, list(DEFAULT_KEEP))
+    kept = {names[i] for i in range(len(names)) if (mask[label_map == i] == 0).all()}
+    assert kept == {"background", "hat", "hair", "face", "left-arm", "right-arm", "left-leg", "right-leg"}
+    assert set(np.unique(mask)) == {0, 255}
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from dlcr_cli.errors import Unavailable
+from dlcr_cli.errors import Unavailable, UsageError
 from dlcr_cli.runtime import OomSplitter, resolve_device, resolve_dtype
 
 
@@ -78,7 +78,7 @@ def test_devices_and_dtypes():
     assert resolve_dtype("float16", torch.device("cuda"), language_model=True) == torch.float16
     with pytest.raises(Unavailable, match="cuda:7 is not available"):
         resolve_device("cuda:7")
-    with pytest.raises(Unavailable, match="unknown device"):
+    with pytest.raises(UsageError, match="unknown device"):
         resolve_device("tpu-ish")
 
 

@@ -108,3 +108,11 @@ def test_config_verb_reports_bad_config_with_exit_78(dlcr, tmp_path):
 
 def test_config_path(dlcr, tmp_path):
     assert dlcr("--config", tmp_path / "x.toml", "config", "--path").stdout.strip() == str(tmp_path / "x.toml")
+
+
+@pytest.mark.parametrize("section, key", [("train", "image_size"), ("mask", "input_size"), ("evaluate", "image_size"),
+                                          ("inpaint", "size")])
+def test_every_size_setting_must_be_positive(section, key):
+    with pytest.raises(UsageError, match=f"{section}.{key}.*positive"):
+        resolve({section: {key: (0, 32)}})
+    assert getattr(getattr(resolve({section: {key: (64, 32)}}).settings, section), key) == (64, 32)

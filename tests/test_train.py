@@ -499,3 +499,11 @@ def test_the_cal_step_uses_every_clothes_class_of_the_identity(monkeypatch):
     assert torch.equal(mask, stepper.pid2clothes[batch.pids[: batch.real]])
     assert mask.sum(1).tolist() == [3] * batch.real  # 12 classes over 4 identities: 3 each
     assert mask[torch.arange(batch.real), batch.clothes].all()
+
+
+def test_an_unknown_device_is_a_usage_error_and_an_absent_one_unavailable(dlcr, synth_data, tmp_path):
+    unknown = dlcr("--device", "tpu", "train", synth_data, "--out", tmp_path / "run", *SMALL)
+    assert unknown.code == 2 and "unknown device 'tpu'" in unknown.stderr
+    if not torch.cuda.is_available():
+        absent = dlcr("--device", "cuda", "train", synth_data, "--out", tmp_path / "run", *SMALL)
+        assert absent.code == 69 and "not available here" in absent.stderr
