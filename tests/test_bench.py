@@ -322,6 +322,7 @@ def test_describe_bench_counts_every_image(run_bench):
 def test_all_runs_what_a_cpu_can_and_says_what_it_skipped(run_bench, monkeypatch):
     from functools import partial
 
+    from dlcr_cli.bench import digests as bench_digests
     from dlcr_cli.bench import evaluate as bench_evaluate
     from dlcr_cli.bench import inpaint as bench_inpaint
     from dlcr_cli.bench import train as bench_train
@@ -335,9 +336,19 @@ def test_all_runs_what_a_cpu_can_and_says_what_it_skipped(run_bench, monkeypatch
     train_settings = bench_train.TrainBenchSettings
     monkeypatch.setattr(bench_train, "TrainBenchSettings", lambda **kw: train_settings(
         **{**kw, "size": (32, 16), "ids": 2, "images_per_id": 2, "steps": 1, "warmup": 0}))
+    digests_bench = bench_digests.run_digests_bench
+    monkeypatch.setattr(bench_digests, "run_digests_bench", lambda files, **kw: digests_bench(50, 10))
     result = run_bench("all", "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report["ran"]) == {"startup", "describe colors", "evaluate", "inpaint tiny", "train small"}
+    assert set(report["ran"]) == {"startup", "describe colors", "digests", "evaluate", "inpaint tiny", "train small"}
     assert set(report["skipped"]) == {"describe vlm", "inpaint sd15", "train resnet50"}
     assert "needs CUDA" in report["skipped"]["inpaint sd15"] and report["ran"]["evaluate"]["agree"] is True
+
+
+def test_digests_bench_reads_every_file_once_then_none(run_bench):
+    result = run_bench("digests", "--files", "300", "--size", "100", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    first, resume = report["rows"]
+    assert (first["read"], resume["read"]) == (300, 0) and report["cache_mb"] > 0

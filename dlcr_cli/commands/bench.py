@@ -175,6 +175,31 @@ def train(
     _maybe_json(report, as_json)
 
 
+@app.command("digests")
+def digests(
+    files: Annotated[int, typer.Option(min=1, help="Input files (a dataset's images).")] = 100_000,
+    size: Annotated[int, typer.Option(min=1, help="Bytes per file.")] = 20_000,
+    work_dir: Annotated[Optional[Path], typer.Option(
+        "--work-dir", file_okay=False, exists=True, show_default=False,
+        help="Where to write the files (default: the temporary folder).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")] = False,
+) -> None:
+    """Seconds of the content digests every reuse decision needs: a first run, which reads every
+    input file, next to a resume, which reads none (sizes and mtimes match the cache file).
+
+    Examples:
+
+        dlcr bench digests
+
+        dlcr bench digests --files 10000 --json
+    """
+    from dlcr_cli.bench.digests import print_report, run_digests_bench
+
+    report = run_digests_bench(files, size, work_dir)
+    print_report(report)
+    _maybe_json(report, as_json)
+
+
 @app.command("startup")
 def startup(
     runs: Annotated[int, typer.Option(min=1, help="Whole `dlcr --help` processes to time.")] = 10,
@@ -277,8 +302,8 @@ def all_(
 ) -> None:
     """Every measurement this machine can run, at its default size, and what it skipped and why.
 
-    On a CPU: startup, describe (colours), evaluate (MSMT17's size, reference included when
-    the memory allows), inpaint with the tiny pipeline (the code path) and train with
+    On a CPU: startup, describe (colours), digests (20,000 files), evaluate (MSMT17's size,
+    reference included when the memory allows), inpaint with the tiny pipeline (the code path) and train with
     builtin:small; SD-1.5 inpainting and ResNet-50 training need CUDA.
 
     Examples:
@@ -291,6 +316,8 @@ def all_(
     from dlcr_cli.bench import evaluate as bench_evaluate
     from dlcr_cli.bench.inpaint import BenchSettings, bench_device, run_inpaint_bench
     from dlcr_cli.bench.inpaint import print_report as print_inpaint
+    from dlcr_cli.bench.digests import print_report as print_digests
+    from dlcr_cli.bench.digests import run_digests_bench
     from dlcr_cli.bench.startup import run_describe_bench, run_startup_bench
     from dlcr_cli.bench.train import TrainBenchSettings, run_train_bench
     from dlcr_cli.bench.train import print_report as print_train
@@ -305,6 +332,8 @@ def all_(
     _print_startup(ran["startup"])
     ran["describe colors"] = run_describe_bench()
     _print_describe(ran["describe colors"])
+    ran["digests"] = run_digests_bench(files=20_000)
+    print_digests(ran["digests"])
     skipped["describe vlm"] = "no random-weight LLaVA-1.5-7B bench yet"
     evaluate = bench_evaluate.EvalBenchSettings()
     free = bench_evaluate.available_bytes()
