@@ -143,3 +143,26 @@ def synth_prompted(synth_described, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("synth-prompted") / "prompted.jsonl"
     path.write_text(result.stdout)
     return path
+
+
+@pytest.fixture
+def dlcr_log():
+    """The messages dlcr's logger emits during the test (debug and up), collected by a handler
+    of its own: independent of pytest's capture and of what earlier CLI runs set up."""
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    logger, handler = logging.getLogger("dlcr"), Collect()
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)

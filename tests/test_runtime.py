@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 import torch
@@ -26,21 +25,19 @@ def test_out_of_memory_splits_the_batch_until_it_fits():
     assert calls == [7, 4, 2, 2, 2, 1]  # once 2 fit and 4 did not, the last 3 go as 2 + 1 at once
 
 
-def test_the_size_that_fit_is_kept_for_later_batches(caplog, monkeypatch):
+def test_the_size_that_fit_is_kept_for_later_batches(dlcr_log):
     """An out-of-memory is paid once: later full batches go in pieces that fit, up front."""
-    monkeypatch.setattr(logging.getLogger("dlcr"), "propagate", True)  # a CLI run turns it off
     calls: list[int] = []
     splitter = OomSplitter("inpaint")
     square = fits_at_most(3, calls)
-    with caplog.at_level(logging.WARNING, logger="dlcr"):
-        splitter.run(square, list(range(8)))
-        assert calls == [8, 4, 2, 2, 2, 2]
-        calls.clear()
-        for _ in range(3):
-            assert splitter.run(square, list(range(8))) == [i * i for i in range(8)]
+    splitter.run(square, list(range(8)))
+    assert calls == [8, 4, 2, 2, 2, 2]
+    calls.clear()
+    for _ in range(3):
+        assert splitter.run(square, list(range(8))) == [i * i for i in range(8)]
     assert calls == [2] * 12  # never 8 or 4 again
     assert splitter.limit == 2
-    warnings = [r.getMessage() for r in caplog.records if "out of GPU memory" in r.getMessage()]
+    warnings = [m for m in dlcr_log if "out of GPU memory" in m]
     assert warnings == ["inpaint: out of GPU memory with 8 at once; from now on at most 4 at once",
                         "inpaint: out of GPU memory with 4 at once; from now on at most 2 at once"]
 
