@@ -133,12 +133,14 @@ def run_seed(folder: Path, size: DemoSize, seed: int, device: Any) -> dict[str, 
 
 
 def _train(out: Path, data: Any, settings: Any, variants: Any, device: Any, row: str, seed: int) -> tuple[Any, float]:
-    """The trained model and its training seconds; a finished run of the same settings is reused."""
+    """The trained model and its training seconds; a finished run of the same settings and
+    inputs (images, labels and generated variants, by content) is reused."""
     from dlcr_cli.reid.model import load_checkpoint
-    from dlcr_cli.reid.train import METRICS, Trainer, iter_metrics
+    from dlcr_cli.reid.train import METRICS, Trainer, iter_metrics, run_inputs
 
     record = out / "demo-settings.json"
-    wanted = settings.model_dump(mode="json")
+    wanted = {"settings": settings.model_dump(mode="json"),
+              "inputs": run_inputs(data, variants, settings.backbone, out)}
     if record.is_file() and json.loads(record.read_text()) == wanted and (out / METRICS).is_file():
         rows = list(iter_metrics(out / METRICS))
         if rows and rows[-1]["epoch"] == settings.epochs:
