@@ -166,3 +166,17 @@ def dlcr_log():
     yield handler.messages
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+def out_of_memory_above(limit: int, real, calls: list[int]):
+    """`real` (a batch function) as a GPU with room for `limit` items would run it: larger
+    batches raise CUDA's out-of-memory error; every call's size is appended to `calls`."""
+    import torch
+
+    def tight(batch):
+        calls.append(len(batch))
+        if len(batch) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(batch)
+
+    return tight

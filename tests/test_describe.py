@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save_labels, save_rgb
+from conftest import out_of_memory_above, save_labels, save_rgb
 
 from dlcr_cli.cache import CACHE
 
@@ -182,23 +182,6 @@ def test_colors_size_mismatch_is_an_item_error(dlcr, tmp_path):
     assert "a.png:" in run.stderr
 
 
-@pytest.mark.parametrize(("native", "expected"), [(True, "bfloat16"), (False, "float16")])
-def test_auto_dtype_on_cuda_is_bfloat16_where_the_gpu_has_it(monkeypatch, native, expected):
-    """Language models can overflow float16; the reference's float16 stays for GPUs without bfloat16."""
-    import torch
-
-    from dlcr_cli import runtime
-    from dlcr_cli.settings import Settings
-    from dlcr_cli.stages import describe
-
-    made = {}
-    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native)
-    monkeypatch.setattr(describe, "VlmDescriber", lambda model, **options: made.update(options))
-    describe.make_describer(Settings())
-    assert made["dtype"] == getattr(torch, expected)
-
-
 def test_an_out_of_memory_split_is_kept_for_later_batches(images, tiny_llava):
     import torch
 
@@ -209,15 +192,8 @@ def test_an_out_of_memory_split_is_kept_for_later_batches(images, tiny_llava):
                              prompt="What clothes is the person wearing?", max_new_tokens=4, temperature=0, seed=0)
     payloads = [describer.read(Record.model_validate(json.loads(line))) for line in images.read_text().splitlines()]
     whole = describer.describe(payloads)
-    calls, real = [], describer._describe
-
-    def tight(batch):
-        calls.append(len(batch))
-        if len(batch) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return real(batch)
-
-    describer._describe = tight
+    calls: list[int] = []
+    describer._describe = out_of_memory_above(2, describer._describe, calls)
     assert describer.describe(payloads) == whole  # greedy: the same answers however it is cut
     assert 5 in calls  # it did run out of memory
     calls.clear()

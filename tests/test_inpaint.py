@@ -445,18 +445,3 @@ def test_the_unet_is_channels_last_on_cuda_only(tiny_inpaint, monkeypatch):
     monkeypatch.setattr(type(pipe), "to", lambda self, *args, **kwargs: self)  # no GPU here
     _place(pipe, torch.device("cuda"))
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_auto_dtype_on_cuda_stays_float16_for_stable_diffusion(monkeypatch):
-    import torch
-
-    from dlcr_cli import runtime
-    from dlcr_cli.settings import Settings
-    from dlcr_cli.stages import inpaint
-
-    made = {}
-    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    monkeypatch.setattr(inpaint, "DiffusionPainter", lambda model, **options: made.update(options))
-    inpaint.make_painter(Settings())
-    assert made["dtype"] == torch.float16

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save_labels, save_rgb
+from conftest import out_of_memory_above, save_labels, save_rgb
 from PIL import Image
 
 from dlcr_cli.labels import ATR, LIP
@@ -308,22 +308,6 @@ def test_letterbox_keeps_proportions_and_maps_back_exactly():
         assert label_map.shape == item.size[::-1] and (label_map == 1).all()
 
 
-def test_auto_dtype_on_cuda_stays_float16_for_segformer(monkeypatch):
-    """bfloat16 is for the language models; SegFormer runs in the reference's float16."""
-    import torch
-
-    from dlcr_cli import runtime
-    from dlcr_cli.settings import Settings
-    from dlcr_cli.stages import mask
-
-    made = {}
-    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    monkeypatch.setattr(mask, "SegformerParser", lambda model, **options: made.update(options))
-    mask.make_parser(Settings())
-    assert made["dtype"] == torch.float16
-
-
 def test_an_out_of_memory_split_is_kept_for_later_batches(tree, tiny_segformer):
     import torch
 
@@ -337,15 +321,8 @@ def test_an_out_of_memory_split_is_kept_for_later_batches(tree, tiny_segformer):
     for item in items:
         parser.read(item)
     whole = parser.parse(items)
-    calls, real = [], parser._parse
-
-    def tight(batch):
-        calls.append(len(batch))
-        if len(batch) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return real(batch)
-
-    parser._parse = tight
+    calls: list[int] = []
+    parser._parse = out_of_memory_above(1, parser._parse, calls)
     split = parser.parse(items)
     assert calls[0] == 3 and all((a == b).mean() > 0.999 for a, b in zip(whole, split))
     calls.clear()

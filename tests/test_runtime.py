@@ -106,3 +106,31 @@ def test_a_launched_process_uses_its_gpu_among_those_it_sees(monkeypatch, local_
     assert resolve_device("auto") == torch.device(expected)
     assert resolve_device("cuda") == torch.device(expected)
     assert resolve_device("cuda:0") == torch.device("cuda:0")  # an explicit index is kept
+
+
+@pytest.mark.parametrize(("stage", "factory", "model_class", "native", "expected"), [
+    # language models can overflow float16 (the default Qwen2.5-7B-Instruct does: "probability
+    # tensor contains inf/nan"); the reference's float16 stays for GPUs without bfloat16
+    ("describe", "make_describer", "VlmDescriber", True, "bfloat16"),
+    ("describe", "make_describer", "VlmDescriber", False, "float16"),
+    ("summarize", "make_summarizer", "LlmSummarizer", True, "bfloat16"),
+    ("summarize", "make_summarizer", "LlmSummarizer", False, "float16"),
+    # the image models run in the reference's float16 whatever the GPU has
+    ("mask", "make_parser", "SegformerParser", True, "float16"),
+    ("inpaint", "make_painter", "DiffusionPainter", True, "float16"),
+])
+def test_each_stage_gets_its_auto_dtype_on_cuda(monkeypatch, stage, factory, model_class, native, expected):
+    import importlib
+
+    import torch
+
+    from dlcr_cli import runtime
+    from dlcr_cli.settings import Settings
+
+    module = importlib.import_module(f"dlcr_cli.stages.{stage}")
+    made = {}
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native)
+    monkeypatch.setattr(module, model_class, lambda model, **options: made.update(options))
+    getattr(module, factory)(Settings())
+    assert made["dtype"] == getattr(torch, expected)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import out_of_memory_above
 
 from dlcr_cli.stages.summarize import parse_answer, source_text, summary_from_answer
 
@@ -239,23 +240,6 @@ def test_an_unavailable_llm_is_one_line_naming_the_setting(dlcr, described, tmp_
     assert len(run.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(("native", "expected"), [(True, "bfloat16"), (False, "float16")])
-def test_auto_dtype_on_cuda_is_bfloat16_where_the_gpu_has_it(monkeypatch, native, expected):
-    """The default Qwen2.5-7B-Instruct overflows in float16 ("probability tensor contains inf/nan")."""
-    import torch
-
-    from dlcr_cli import runtime
-    from dlcr_cli.settings import Settings
-    from dlcr_cli.stages import summarize
-
-    made = {}
-    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("cuda"))
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native)
-    monkeypatch.setattr(summarize, "LlmSummarizer", lambda model, **options: made.update(options))
-    summarize.make_summarizer(Settings())
-    assert made["dtype"] == getattr(torch, expected)
-
-
 def test_an_out_of_memory_split_is_kept_for_later_batches(canned_llm):
     import torch
 
@@ -264,15 +248,8 @@ def test_an_out_of_memory_split_is_kept_for_later_batches(canned_llm):
     summarizer = LlmSummarizer("canned/llm", device=torch.device("cpu"), dtype=torch.float32, batch_size=8,
                                instruction="Extract the clothing items from the following text: {text}", words=200,
                                max_new_tokens=8, temperature=0, top_p=0.9, seed=0)
-    calls, real = [], summarizer.answer
-
-    def tight(chats):
-        calls.append(len(chats))
-        if len(chats) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory")
-        return real(chats)
-
-    summarizer.answer = tight
+    calls: list[int] = []
+    summarizer.answer = out_of_memory_above(2, summarizer.answer, calls)
     groups = [["casenumbered red shirt"], ["casebulleted"], ["caseprose"], ["casenumbered"], ["caseprose"]]
     first = summarizer.summarize(groups)
     assert [s.items for s in first][1:3] == [["Red shirt", "Grey jeans"], ["green coat", "brown boots"]]  # in order
