@@ -19,7 +19,6 @@ their stages also tell outputs made another way file by file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -116,14 +115,6 @@ def _read(path: Path) -> list[tuple[str | None, Record]]:
     return lines
 
 
-def hash_of(*parts: str) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode())
-        digest.update(b"\x1f")
-    return digest.hexdigest()
-
-
 NOT_IN_OUTPUTS = {"workers", "batch_size", "compile"}
 """Settings that change how fast a stage runs, not what it writes: changing them redoes nothing."""
 
@@ -145,14 +136,14 @@ def run_stage(name: str, records: list[Record], settings: Any, folder: Path, ove
     `reads`: the files of a record whose content the stage's outputs depend on (`digests`
     gives it). `marked_outputs`: the stage itself tells outputs made with other
     settings (marks), so changed settings need not redo everything."""
-    from dlcr_cli.fingerprint import Digests, model_revision
+    from dlcr_cli.fingerprint import Digests, fingerprint, model_revision
 
     input_hashes = _input_hashes(records, reads, digests or Digests())
     outputs_depend_on = settings.model_dump(mode="json", exclude=NOT_IN_OUTPUTS)
     model = getattr(settings, "model", None)
     revision = model_revision(model) if isinstance(model, str) else ""
-    settings_key = hash_of(json.dumps(outputs_depend_on, sort_keys=True), revision, *map(str, key_extra))
-    checkpoint = Checkpoint(folder, name, settings_key, hash_of(*input_hashes))
+    settings_key = fingerprint(outputs_depend_on, revision, *map(str, key_extra))
+    checkpoint = Checkpoint(folder, name, settings_key, fingerprint(*input_hashes))
     finished = None if overwrite else checkpoint.finished()
     if finished is not None:
         log.info("%s: finished in an earlier run: %d records from %s", name, len(finished), checkpoint.path)
@@ -185,10 +176,12 @@ def run_stage(name: str, records: list[Record], settings: Any, folder: Path, ove
 
 def _input_hashes(records: list[Record], reads: Callable[[Record], list[str]], digests: Any) -> list[str]:
     """Per record: its JSON and the content of the files the stage reads for it."""
+    from dlcr_cli.fingerprint import fingerprint
+
     paths = [reads(record) for record in records]
     flat = [path for row in paths for path in row]
     digest = dict(zip(flat, digests.many(flat)))
-    return [hash_of(record_json(record), *(digest[path] for path in row)) for record, row in zip(records, paths)]
+    return [fingerprint(record_json(record), *(digest[path] for path in row)) for record, row in zip(records, paths)]
 
 
 def fields(*names: str) -> Callable[[Record], list[str]]:
