@@ -118,7 +118,7 @@ class ModelCache:
         # Outside the `except` block: the traceback no longer holds the failed load's tensors.
         log.info("out of GPU memory loading %s: moving idle models to the CPU and trying again", key[1])
         self.offload_idle(device, keep=key)
-        _free_gpu_memory()
+        _empty_cuda_cache()
         try:
             return load()
         except Exception as err:
@@ -173,20 +173,15 @@ def _quiet_libraries() -> None:
 
 
 def _empty_cuda_cache() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _free_gpu_memory() -> None:
-    """Hand what the allocator caches back (a failed load leaves cycles that hold tensors)."""
+    """Hand what the allocator caches back (collected first: a failed load leaves cycles that
+    hold tensors)."""
     import gc
 
     import torch
 
-    gc.collect()
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 # --- what a model will take, before it is loaded -------------------------------------------
