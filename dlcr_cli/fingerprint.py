@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -151,10 +151,9 @@ def _digest_or_missing(path: str) -> str:
         return MISSING
 
 
-def files_fingerprint(paths: Iterable[str | Path], digests: Digests) -> str:
-    """One fingerprint of many files: their paths (as given) and contents, in order."""
-    paths = [str(p) for p in paths]
-    return fingerprint(list(zip(paths, digests.many(paths))))
+def record_files(*fields: str) -> Callable[[Any], list[str]]:
+    """record -> the paths its `fields` name (image, mask, parsing), in that order, unset ones left out."""
+    return lambda record: [str(value) for value in (getattr(record, name) for name in fields) if value]
 
 
 def model_revision(model_id: str) -> str:

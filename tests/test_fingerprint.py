@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from dlcr_cli.fingerprint import MISSING, Digests, file_digest, files_fingerprint, fingerprint, forget, model_revision
+from dlcr_cli.fingerprint import MISSING, Digests, file_digest, fingerprint, forget, model_revision, record_files
 
 
 @pytest.fixture(autouse=True)
@@ -68,15 +68,12 @@ def test_missing_files_and_a_corrupt_cache(tmp_path):
     assert str(tmp_path / "a") in json.loads(cache.read_text())
 
 
-def test_a_files_fingerprint_follows_content_and_paths(tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.write_bytes(b"1")
-    b.write_bytes(b"2")
-    d = Digests()
-    fp = files_fingerprint([a, b], d)
-    assert fp == files_fingerprint([a, b], Digests()) != files_fingerprint([b, a], d)
-    b.write_bytes(b"3")
-    assert files_fingerprint([a, b], Digests()) != fp
+def test_record_files_names_the_set_fields_in_order():
+    from dlcr_cli.records import Record
+
+    record = Record(image="/d/a.png", mask="/w/masks/a.png")
+    assert record_files("image", "mask", "parsing")(record) == ["/d/a.png", "/w/masks/a.png"]
+    assert record_files("mask", "image")(record) == ["/w/masks/a.png", "/d/a.png"]
 
 
 def test_a_local_model_folder_changes_its_revision_when_a_file_changes(tmp_path):

@@ -184,11 +184,6 @@ def _input_hashes(records: list[Record], reads: Callable[[Record], list[str]], d
     return [fingerprint(record_json(record), *(digest[path] for path in row)) for record, row in zip(records, paths)]
 
 
-def fields(*names: str) -> Callable[[Record], list[str]]:
-    """`reads` for a stage that reads the files named by these record fields."""
-    return lambda record: [str(value) for value in (getattr(record, name) for name in names) if value]
-
-
 WEIGHT_FREE = {"mask": {"backend": "parsing"}, "describe": {"backend": "colors"},
                "summarize": {"backend": "vote"}, "inpaint": {"backend": "recolor"}}
 """The weight-free backend of every stage (mask also needs a parsing_dir)."""
@@ -235,14 +230,14 @@ def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | Non
 def _stages(stage: _StageRunner, sources: list[Record], settings: Any, out: Path, table_file: dict[str, str] | None,
             sink: Callable[[Record], Any], digests: Any) -> tuple[list[Record], list]:
     from dlcr_cli.errors import InputMissing
-    from dlcr_cli.fingerprint import fingerprint
+    from dlcr_cli.fingerprint import fingerprint, record_files
     from dlcr_cli.stages.inpaint import prompt_table
 
     masked = stage("mask", sources, settings.mask, partial_work(_mask, settings, out, digests), out,
                    reads=_mask_reads(settings.mask), marked_outputs=True)
     prompted = masked
     if table_file is None:
-        reads = fields("parsing") if settings.describe.backend == "colors" else fields("image")
+        reads = record_files("parsing") if settings.describe.backend == "colors" else record_files("image")
         described = stage("describe", masked, settings.describe, partial_work(_describe, settings),
                           reads=reads, skipped_means="described already")
         prompted = stage("summarize", described, settings.summarize, partial_work(_summarize, settings),
@@ -252,7 +247,8 @@ def _stages(stage: _StageRunner, sources: list[Record], settings: Any, out: Path
     if not table:
         raise InputMissing("no clothing id has a prompt (see the messages above), nothing to inpaint")
     jobs: list = []
-    reads = fields("image", "mask", "parsing") if settings.inpaint.backend == "recolor" else fields("image", "mask")
+    reads = record_files("image", "mask", "parsing") if settings.inpaint.backend == "recolor" \
+        else record_files("image", "mask")
     generated = stage("inpaint", prompted, settings.inpaint,
                       partial_work(_inpaint, settings, out, table, jobs, digests), out, fingerprint(table),
                       sink=sink, marked_outputs=True, reads=reads)
@@ -281,8 +277,10 @@ class _StageRunner:
 
 def _mask_reads(m: Any) -> Callable[[Record], list[str]]:
     """The image, and with the parsing backend the given label map of it."""
+    from dlcr_cli.fingerprint import record_files
+
     if m.backend != "parsing" or m.parsing_dir is None:
-        return fields("image")
+        return record_files("image")
     from dlcr_cli.io import mirrored
     from dlcr_cli.records import rel_path
 

@@ -398,11 +398,10 @@ def output_marks(jobs: list[Job], painter: Painter, digests: Any) -> dict[Path, 
     as done only with the mark its job gives it now, so another seed, prompt table, model,
     setting, mask or source image paints again instead of skipping. A strip's mark covers
     all its tiles."""
-    from dlcr_cli.fingerprint import fingerprint
+    from dlcr_cli.fingerprint import fingerprint, record_files
 
-    fields = ("image", "mask", "parsing") if painter.needs_parsing else ("image", "mask")
-    sources = {job.rel: job.source for job in jobs}
-    files = {rel: [getattr(source, f) or "" for f in fields] for rel, source in sources.items()}
+    reads = record_files("image", "mask", "parsing") if painter.needs_parsing else record_files("image", "mask")
+    files = {job.rel: reads(job.source) for job in jobs}
     flat = [path for paths in files.values() for path in paths]
     digest = dict(zip(flat, digests.many(flat)))
     marks: dict[Path, str] = {}
