@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -137,12 +138,28 @@ def test_a_failing_command_gives_its_exit_code_and_stderr_tail(tmp_path):
     assert (tmp_path / "boom.err").read_text().endswith("the real error")  # the whole log is kept
 
 
-def test_a_command_past_the_budget_is_stopped(tmp_path):
-    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
-    start = time.monotonic()
+def _running(pid: int) -> bool:
+    """The process exists and is no zombie (a killed child nobody has reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_command_past_the_budget_is_stopped_with_its_children(tmp_path):
+    pids = tmp_path / "pids"
+    code = ("import os, subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(600)']); open(sys.argv[1], 'w').write(f'{os.getpid()} {child.pid}'); "
+            "time.sleep(600)")
     with pytest.raises(smoke.Failed, match="timed out"):
-        smoke.run_command("slow", [sys.executable, "-c", code], tmp_path, dict(os.environ), timeout=2)
-    assert time.monotonic() - start < 30  # neither it nor its child was waited for
+        smoke.run_command("slow", [sys.executable, "-c", code, str(pids)], tmp_path, dict(os.environ), timeout=5)
+    assert pids.is_file(), "the command had started"
+    for pid in map(int, pids.read_text().split()):
+        for _ in range(100):  # a killed process lingers until the kernel has torn it down
+            if not _running(pid):
+                break
+            time.sleep(0.1)
+        assert not _running(pid), f"process {pid} outlived the command's stop"
 
 
 def test_a_traceback_on_stderr_fails_a_command_that_exits_0(tmp_path):
