@@ -329,3 +329,20 @@ def test_an_out_of_memory_split_is_kept_for_later_batches(tree, tiny_segformer):
     split = parser.parse(items)
     assert calls == [1, 1, 1]  # one by one from the start: no second out-of-memory
     assert all((a == b).mean() > 0.999 for a, b in zip(whole, split))
+
+
+def test_a_current_label_map_whose_label_set_is_unknown_is_an_item_error(dlcr, tree, tmp_path):
+    """A mask to redraw from a label map that carries its mark but no known label set (edited
+    by hand): that item fails with its path, the others are done."""
+    from dlcr_cli.fingerprint import MARK, png_info
+    from dlcr_cli.io import LABELS_KEY
+
+    data, parsing = tree
+    out = tmp_path / "out"
+    first = dlcr(*mask_args(data, parsing, out))
+    label_map = Path(first.records[0]["parsing"])
+    with Image.open(label_map) as image:
+        mark, pixels = image.text[MARK], image.copy()
+    pixels.save(label_map, pnginfo=png_info(mark, **{LABELS_KEY: "neither"}))
+    run = dlcr(*mask_args(data, parsing, out, "--dilation", "1"))
+    assert run.code == 1 and "cannot tell the label set" in run.stderr and "2 done" in run.stderr, run.stderr

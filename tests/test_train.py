@@ -507,3 +507,12 @@ def test_an_unknown_device_is_a_usage_error_and_an_absent_one_unavailable(dlcr, 
     if not torch.cuda.is_available():
         absent = dlcr("--device", "cuda", "train", synth_data, "--out", tmp_path / "run", *SMALL)
         assert absent.code == 69 and "not available here" in absent.stderr
+
+
+def test_resume_without_a_record_of_the_inputs_is_one_line(dlcr, synth_data, tmp_path):
+    base = ("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--eval-every", "0")
+    assert dlcr(*base, "--epochs", "1").code == 0
+    (tmp_path / "run" / "state" / "inputs.json").unlink()
+    run = dlcr(*base, "--epochs", "2", "--resume")
+    assert run.code == 2 and "no readable record of its inputs" in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("dlcr: error:") and len(metrics(tmp_path / "run")) == 1
