@@ -1,18 +1,20 @@
-"""The PK batch sampler: every batch holds P distinct identities with K images each.
+"""CAL's identity sampler (Simple-CCReID's (Distributed)RandomIdentitySampler), with a global batch.
 
 Epoch plan, deterministic for (seed, epoch) and the same on every process:
 
-1. Every identity's images, shuffled, are cut into chunks of K, the remainder left out for
-   this epoch; an identity with fewer than K images gives one chunk drawn with replacement.
-   This is CAL's (Distributed)RandomIdentitySampler, so an epoch has as many steps as the
-   reference's (about images / (P K)), which the epoch-based schedule (60 epochs, lr steps at
-   20 and 40, CAL from 25) presumes.
-2. Batches take one chunk from each of P distinct identities, drawn at random with weights
-   proportional to the chunks an identity has left (so the big ones do not pile up at the
-   end); the plan ends when fewer than P identities have chunks left. Unlike the reference,
-   which concatenates shuffled chunks and may put one identity twice in a batch, P is exact.
-3. With several processes (rank, world), the plan is cut to a multiple of `world` and process
-   `rank` takes every world-th batch from `rank`: distinct batches, the same count everywhere.
+1. Every identity's images, shuffled, are cut into chunks of K, the remainder left out for this
+   epoch; an identity with fewer than K images gives one chunk drawn with replacement.
+2. All the chunks are shuffled together; a batch is P consecutive chunks. So an epoch visits
+   every chunk once, about sum over identities of max(n, K) - max(n, K) % K images, and an
+   identity can recur within a batch (two of its chunks side by side), as in CAL.
+3. With several processes (rank, world), the chunks are cut to a multiple of `world`, process
+   `rank` takes every world-th chunk from `rank`, and its batches are consecutive slices of
+   P K / world images of those, the last partial one dropped (CAL's scheme).
+
+The one change: P x K is the global batch, split over the processes, where CAL's TRAIN_BATCH
+is per process, so its global batch (and with it the recipe: lr, steps per epoch) grows with the
+number of GPUs. Here, when P is a multiple of `world`, the processes' j-th batches together are
+exactly the one-process j-th batch, and an epoch has as many steps for any number of processes.
 
 Use it as a DataLoader's `batch_sampler` and call `set_epoch(epoch)` before each epoch.
 """
@@ -28,61 +30,61 @@ from torch.utils.data import Sampler
 from dlcr_cli.errors import UsageError
 
 
-class PKSampler(Sampler[list[int]]):
+class IdentitySampler(Sampler[list[int]]):
     def __init__(self, pids: Sequence[int], p: int = 8, k: int = 8, seed: int = 0, epoch: int = 0,
                  rank: int = 0, world: int = 1) -> None:
-        """pids: the identity of every sample (index i -> pids[i])."""
+        """pids: the identity of every sample (index i -> pids[i]); P x K: the global batch."""
         if p < 1 or k < 1:
-            raise UsageError(f"PK sampling needs P >= 1 and K >= 1 (got P={p}, K={k})")
+            raise UsageError(f"identity sampling needs P >= 1 and K >= 1 (got P={p}, K={k})")
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+        if p * k % world:
+            raise UsageError(f"the batch of P x K = {p} x {k} = {p * k} images does not split over "
+                             f"{world} processes")
         groups: dict[int, list[int]] = defaultdict(list)
         for index, pid in enumerate(pids):
             groups[int(pid)].append(index)
-        if len(groups) < p:
-            raise UsageError(f"a batch of P={p} identities needs at least {p} training identities; "
-                             f"there are {len(groups)}: lower P")
         self.groups = [np.asarray(groups[pid], dtype=np.int64) for pid in sorted(groups)]
         self.p, self.k, self.seed, self.rank, self.world = p, k, seed, rank, world
         self.epoch = epoch
-        self._plan: tuple[int, list[list[int]]] | None = None
+        self.chunks = sum(max(len(g), k) // k for g in self.groups)  # per epoch, whatever the epoch
+        self._plan: tuple[int, np.ndarray] | None = None
+        if len(self) == 0:
+            raise UsageError(f"an epoch has {self.chunks * k} images ({self.chunks} chunks of K={k}), not one "
+                             f"batch of P x K = {p * k} over {world} process(es): lower P or K")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def plan(self) -> list[list[int]]:
-        """Every process's batches of this epoch, in order (before sharding)."""
+    def plan(self) -> np.ndarray:
+        """This epoch's chunks in order, one row of K sample indices each (before sharding)."""
         if self._plan is None or self._plan[0] != self.epoch:
             self._plan = (self.epoch, self._make_plan())
         return self._plan[1]
 
+    def global_batches(self) -> list[list[int]]:
+        """The batches of this epoch as one process (world=1) would take them."""
+        chunks = self.plan()
+        usable = len(chunks) // self.p * self.p
+        return chunks[:usable].reshape(-1, self.p * self.k).tolist()
+
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.plan()
-        usable = len(batches) // self.world * self.world
-        return iter(batches[self.rank:usable:self.world])
+        chunks = self.plan()
+        stream = chunks[:len(chunks) // self.world * self.world][self.rank::self.world].reshape(-1)
+        size = self.p * self.k // self.world
+        return iter(stream[:len(stream) // size * size].reshape(-1, size).tolist())
 
     def __len__(self) -> int:
-        return len(self.plan()) // self.world
+        return self.chunks // self.world * self.k // (self.p * self.k // self.world)
 
-    def _make_plan(self) -> list[list[int]]:
+    def _make_plan(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch])
-        chunks = [self._chunks(indices, rng) for indices in self.groups]
-        left = np.array([len(c) for c in chunks], dtype=np.float64)
-        batches: list[list[int]] = []
-        while np.count_nonzero(left) >= self.p:
-            chosen = rng.choice(len(chunks), size=self.p, replace=False, p=left / left.sum())
-            batch: list[int] = []
-            for pid in chosen:
-                left[pid] -= 1
-                batch.extend(chunks[pid].pop())
-            batches.append(batch)
-        return batches
-
-    def _chunks(self, indices: np.ndarray, rng: np.random.Generator) -> list[list[int]]:
-        """The identity's images in chunks of K (shuffled; drawn with replacement below K)."""
-        if len(indices) < self.k:
-            drawn = rng.choice(indices, size=self.k, replace=True)
-        else:
-            drawn = rng.permutation(indices)
-        usable = len(drawn) // self.k * self.k
-        return [drawn[i:i + self.k].tolist() for i in range(0, usable, self.k)]
+        chunks: list[np.ndarray] = []
+        for indices in self.groups:
+            if len(indices) < self.k:
+                drawn = rng.choice(indices, size=self.k, replace=True)
+            else:
+                drawn = rng.permutation(indices)
+            usable = len(drawn) // self.k * self.k
+            chunks.extend(drawn[:usable].reshape(-1, self.k))
+        return np.stack(chunks)[rng.permutation(len(chunks))]
