@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dlcr_cli.console import log
 from dlcr_cli.errors import Unavailable, UsageError
@@ -61,6 +61,24 @@ def resolve_dtype(name: str, device: "torch.device", *, language_model: bool = F
     if language_model and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float16
+
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+"""Arithmetic of re-id training and feature extraction: float32, or autocast to float16 /
+bfloat16 (the weights stay float32)."""
+
+
+def autocast(device: "torch.device", precision: str) -> Any:
+    """The autocast context of `precision` on `device` (fp32: none)."""
+    from contextlib import nullcontext
+
+    import torch
+
+    if precision == "fp32":
+        return nullcontext()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}")
+    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -190,8 +190,12 @@ class EvaluateSettings(Section):
     """Threads that read and resize images while the model runs."""
     flip: bool = True
     """Add the embedding of the mirrored image (the reference does)."""
-    amp: bool = False
-    """bfloat16 autocast on CUDA: faster; features differ from float32 in the last bits."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """Arithmetic of the feature extraction (auto: the precision the checkpoint was trained
+    and evaluated with, fp32 for models that do not say)."""
+    epoch: Literal["best", "last"] = "best"
+    """Of a run folder: its best evaluated epoch's model (best/, when the run kept one; CAL's
+    reporting protocol) or its last epoch's."""
     rerank: bool = False
     """k-reciprocal re-ranking (Zhong et al. 2017) of each setting's distances."""
     k1: int = Field(20, gt=0)
@@ -201,32 +205,46 @@ class EvaluateSettings(Section):
 
 
 class TrainSettings(Section):
-    """`dlcr train`: CAL on real (+ generated) images (SPEC "train"). Unset values take the
-    dataset's reference defaults (LaST: triplet weight 1, 16 ids x 4; DeepChange: 16 ids x 4)."""
+    """`dlcr train`: CAL on real (+ generated) images or clips (docs/method.md, stage 2). Unset
+    values take CAL's defaults for the data: images (LaST: triplet weight 1, 16 x 4, fp16;
+    DeepChange: 16 x 4, fp16) or video (tracklets, as CCVID: c2dres50 clips, 256x128, 150
+    epochs, lr steps 40/80/120, clothes losses from 50, plain cross-entropy, 16 x 4 clips)."""
 
     backbone: str = "microsoft/resnet-50"
     """A transformers vision backbone (hub id or folder), or builtin:small (random init, no weights)."""
     loss: Literal["cal", "ce"] = "cal"
     """cal: identity + clothes classifier + CAL loss; ce: the plain identity baseline."""
-    image_size: Size = (384, 192)
-    epochs: int = Field(60, gt=0)
+    video: bool | None = None
+    """Train the video model on clips of tracklets (unset: when the training records are tracklets)."""
+    image_size: Size | None = None
+    """Height and width (unset: 384x192; video 256x128)."""
+    epochs: int | None = Field(None, gt=0)
+    """Unset: 60; video 150."""
     ids_per_batch: int | None = Field(None, gt=0)
-    """P of the PK sampler (unset: 8, LaST and DeepChange 16)."""
+    """P: chunks of K per batch, so the global batch (over all processes) is P x K (unset: 8;
+    LaST, DeepChange, video 16). An identity may give two chunks to a batch, as in CAL."""
     images_per_id: int | None = Field(None, gt=0)
-    """K of the PK sampler (unset: 8, LaST and DeepChange 4)."""
+    """K: images (video: clips) per chunk of one identity (unset: 8; LaST, DeepChange, video 4)."""
     lr: float = Field(3.5e-4, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
-    milestones: list[int] = Field(default_factory=lambda: [20, 40])
-    """Epochs after which the learning rate is multiplied by gamma."""
+    milestones: list[int] | None = None
+    """Epochs after which the learning rate is multiplied by gamma (unset: 20, 40; video 40, 80, 120)."""
     gamma: float = Field(0.1, gt=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    clothes_start: int = Field(25, ge=0)
-    """Epoch (0-based) from which the clothes classifier learns and the CAL loss counts."""
+    label_smoothing: float | None = Field(None, ge=0, lt=1)
+    """Of the identity loss (unset: 0.1; video 0, CAL's plain cross-entropy)."""
+    clothes_start: int | None = Field(None, ge=0)
+    """Epoch (0-based) from which the clothes classifier learns and the CAL loss counts (unset: 25; video 50)."""
     cal_scale: float = Field(16.0, gt=0)
     cal_epsilon: float = Field(0.1, ge=0, lt=1)
     triplet_weight: float | None = Field(None, ge=0)
     """Weight of the batch-hard triplet loss (unset: 0, LaST 1)."""
     triplet_margin: float = Field(0.3, ge=0)
+    clip_length: int = Field(8, gt=0)
+    """Video: frames per clip (training and test)."""
+    clip_stride: int = Field(4, gt=0)
+    """Video: frame step within a clip."""
+    dense_step: int = Field(64, ge=0)
+    """Video: training tracklets are cut into pieces of this many frames, one clip per piece and epoch (0: whole)."""
     progressive: bool = True
     """Progressive learning: only the first fraction of each image's variants is drawn from early on."""
     progressive_epochs: list[int] = Field(default_factory=lambda: [5, 10, 15])
@@ -236,12 +254,19 @@ class TrainSettings(Section):
     seed: int = Field(0, ge=0)
     workers: int = Field(4, ge=0)
     """DataLoader worker processes reading and augmenting images (0: in the main process)."""
-    amp: bool = True
-    """bfloat16 autocast on CUDA (float32 elsewhere)."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """Arithmetic of training and of its evaluations (auto: CAL's, fp16 autocast for LaST and
+    DeepChange on CUDA, else fp32). A run's `dlcr evaluate` uses the same by default."""
     channels_last: bool = True
     """channels_last memory format on CUDA."""
-    eval_every: int = Field(0, ge=0)
-    """Evaluate on query/gallery every N epochs (0: only after the last epoch)."""
+    eval_every: int | None = Field(None, ge=0)
+    """Evaluate on query/gallery every N epochs and after the last (unset: 5; video 10; 0: after the last only)."""
+    keep: Literal["best", "last"] = "best"
+    """best: also keep the model of the evaluated epoch with the best rank-1 of `select` in
+    best/ (CAL's reporting protocol: selected on the test set); last: the last epoch only."""
+    select: str | None = None
+    """The setting whose rank-1 picks the best epoch (unset: CAL's, cc where the protocol has
+    it, else standard)."""
 
     @field_validator("progressive_fractions")
     @classmethod
@@ -252,7 +277,9 @@ class TrainSettings(Section):
 
     @field_validator("milestones", "progressive_epochs")
     @classmethod
-    def _ascending(cls, value: list[int]) -> list[int]:
+    def _ascending(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
         if any(b <= a for a, b in zip(value, value[1:])) or any(v < 0 for v in value):
             raise ValueError("must be ascending non-negative epochs")
         return value

@@ -84,6 +84,40 @@ def synth_data(tmp_path_factory) -> Path:
     return out
 
 
+def synth_as_ccvid(out: Path, *, ids: int = 6, cameras: int = 2, per: int = 6, seed: int = 0) -> Path:
+    """The synthetic people as a CCVID tree: every (split, person, outfit, camera) of the
+    synthetic dataset is a tracklet `session<outfit>/<split>/<pid>_<cam>` of its `per` frames
+    (query: frame 0 of the query cameras, gallery: the rest), with the lists and the parsing
+    maps under `parsing/` at the frames' paths."""
+    import re
+    import shutil
+
+    from dlcr_cli.synth import synthesize
+
+    flat = out.parent / f"{out.name}-flat"
+    synthesize(flat, ids=ids, cameras=cameras, per=per, seed=seed)
+    name = re.compile(r"(\d+)_(\d+)_c(\d+)_(\d+)$")
+    lines: dict[str, set[str]] = {"train.txt": set(), "query.txt": set(), "gallery.txt": set()}
+    for folder, listed in (("train", "train.txt"), ("query", "query.txt"), ("test", "gallery.txt")):
+        for image in sorted((flat / folder).glob("*.png")):
+            pid, outfit, cam, frame = name.match(image.stem).groups()
+            tracklet = f"session{outfit}/{folder}/{int(pid):03d}_{int(cam):02d}"  # no split folder on top
+            lines[listed].add(f"{tracklet} {int(pid):03d} u{outfit}")
+            for source, target in ((image, out / tracklet), (flat / "parsing" / folder / image.name,
+                                                             out / "parsing" / tracklet)):
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, target / f"{int(frame):05d}.png")
+    for listed, entries in lines.items():
+        (out / listed).write_text("".join(line + "\n" for line in sorted(entries)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_ccvid(tmp_path_factory) -> Path:
+    """The small synthetic dataset as a video (CCVID) tree, 6 frames per tracklet."""
+    return synth_as_ccvid(tmp_path_factory.mktemp("ccvid") / "CCVID")
+
+
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory) -> Path:
     """A random-weight LLaVA-1.5-style model and processor, saved like a hub checkpoint."""

@@ -195,5 +195,5 @@ def test_refine_on_video_tracklets(dlcr, tmp_path):
                "--json")
     assert run.code == 0, run.stderr
     got = json.loads(run.stdout)
-    assert list(got["after"]) == ["standard", "cc"]
+    assert list(got["after"]) == ["standard", "sc", "cc"]
     assert got["after"]["standard"]["queries"] + got["after"]["standard"]["skipped"] == 2  # two query tracklets

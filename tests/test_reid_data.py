@@ -164,7 +164,7 @@ def test_deepchange_standard_only(tmp_path):
     assert len(data.train) == 2
 
 
-def test_ccvid_standard_and_cc_over_tracklets(tmp_path):
+def test_ccvid_standard_sc_and_cc_over_tracklets(tmp_path):
     lists = {
         "train.txt": "session1/001_01 001 u1\n",
         "query.txt": "session1/010_03 010 u1\nsession2/011_02 011 u1\n",
@@ -173,7 +173,7 @@ def test_ccvid_standard_and_cc_over_tracklets(tmp_path):
     make_ccvid(tmp_path, lists)
     data = load_reid_data(tmp_path)
     assert data.name == "ccvid" and data.video
-    assert settings(data) == [("standard", "standard"), ("cc", "cc")]
+    assert settings(data) == [("standard", "standard"), ("sc", "sc"), ("cc", "cc")]  # CAL test(): all three
     assert len(data.query) == 4 and len(data.gallery) == 4  # two frames per tracklet
     groups = tracklet_groups(data.query)
     assert [g.tolist() for g in groups] == [[0, 1], [2, 3]]

@@ -18,7 +18,7 @@ import torch
 from dlcr_cli.reid.train import (
     DATASET_DEFAULTS,
     TrainSet,
-    resolve_for_dataset,
+    resolve_for_data,
     saved_epoch,
     visible_fraction,
     visible_variants,
@@ -50,17 +50,49 @@ def test_variant_draws_stay_in_the_visible_range_and_repeat():
         assert draws == [train.variant_index(i, 10) for i in range(400)]
 
 
+def _data(name: str, video: bool = False, settings: tuple[str, ...] = ("standard", "sc", "cc")):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name=name, train_video=video, settings=[SimpleNamespace(name=n) for n in settings])
+
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)  # resolve_for_data only reads the type
+
+
 def test_per_dataset_defaults_fill_only_unset_values():
     base = DEFAULTS.train
-    last = resolve_for_dataset(base, "last")
-    assert (last.triplet_weight, last.ids_per_batch, last.images_per_id) == (1.0, 16, 4)
-    deep = resolve_for_dataset(base, "deepchange")
-    assert (deep.triplet_weight, deep.ids_per_batch, deep.images_per_id) == (0.0, 16, 4)
-    prcc = resolve_for_dataset(base, "prcc")
-    assert (prcc.triplet_weight, prcc.ids_per_batch, prcc.images_per_id) == (0.0, 8, 8)
-    mine = resolve_for_dataset(base.model_copy(update={"ids_per_batch": 4, "triplet_weight": 0.5}), "last")
-    assert (mine.triplet_weight, mine.ids_per_batch, mine.images_per_id) == (0.5, 4, 4)
+    last = resolve_for_data(base, _data("last", settings=("standard",)), CUDA)
+    assert (last.triplet_weight, last.ids_per_batch, last.images_per_id, last.precision) == (1.0, 16, 4, "fp16")
+    assert last.select == "standard" and last.eval_every == 5 and last.epochs == 60
+    deep = resolve_for_data(base, _data("deepchange", settings=("standard",)), CPU)
+    assert (deep.triplet_weight, deep.ids_per_batch, deep.images_per_id, deep.precision) == (0.0, 16, 4, "fp32")
+    prcc = resolve_for_data(base, _data("prcc", settings=("sc", "cc")), CUDA)
+    assert (prcc.triplet_weight, prcc.ids_per_batch, prcc.images_per_id, prcc.precision) == (0.0, 8, 8, "fp32")
+    assert (prcc.select, prcc.video, prcc.image_size, prcc.label_smoothing) == ("cc", False, (384, 192), 0.1)
+    mine = resolve_for_data(base.model_copy(update={"ids_per_batch": 4, "triplet_weight": 0.5, "precision": "bf16"}),
+                            _data("last"), CUDA)
+    assert (mine.triplet_weight, mine.ids_per_batch, mine.images_per_id, mine.precision) == (0.5, 4, 4, "bf16")
     assert set(DATASET_DEFAULTS) == {"last", "deepchange"}
+    assert resolve_for_data(last, _data("last"), CPU) == last  # resolving twice changes nothing
+
+
+def test_tracklets_take_cals_video_recipe():
+    video = resolve_for_data(DEFAULTS.train, _data("ccvid", video=True), CUDA)
+    assert video.video and video.image_size == (256, 128) and video.epochs == 150
+    assert (video.milestones, video.clothes_start, video.label_smoothing) == ([40, 80, 120], 50, 0.0)
+    assert (video.ids_per_batch, video.images_per_id, video.eval_every, video.precision) == (16, 4, 10, "fp32")
+    assert (video.clip_length, video.clip_stride, video.dense_step, video.select) == (8, 4, 64, "cc")
+    frames = resolve_for_data(DEFAULTS.train.model_copy(update={"video": False}), _data("ccvid", video=True), CUDA)
+    assert not frames.video and frames.image_size == (384, 192)
+
+
+def test_bad_video_and_selection_settings_are_one_line():
+    from dlcr_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="tracklets"):
+        resolve_for_data(DEFAULTS.train.model_copy(update={"video": True}), _data("prcc"), CPU)
+    with pytest.raises(UsageError, match="no setting 'cc'"):
+        resolve_for_data(DEFAULTS.train.model_copy(update={"select": "cc"}), _data("last", settings=("standard",)), CPU)
 
 
 # --- runs on the small synthetic dataset ------------------------------------------------------------
@@ -140,7 +172,10 @@ def _same_files(a: Path, b: Path, *names: str) -> None:
 
 
 def test_resume_gives_what_an_uninterrupted_run_gives(dlcr, synth_data, generated, tmp_path):
-    common = ("--device", "cpu", "train", synth_data, *SMALL, "--generated", generated, "--eval-every", "0")
+    # keep last: the first part's final evaluation (epoch 1) would be a candidate for best/ that the
+    # uninterrupted run never evaluates (see test_keep_best_resumes_to_the_same_selection)
+    common = ("--device", "cpu", "train", synth_data, *SMALL, "--generated", generated, "--eval-every", "0",
+              "--keep", "last")
     env = {"DLCR_TRAIN__CLOTHES_START": "1", "DLCR_TRAIN__MILESTONES": "[1]"}  # every loss and the lr step
     whole = dlcr(*common, "--out", tmp_path / "whole", "--epochs", "3", env=env)
     assert whole.code == 0, whole.stderr
@@ -154,6 +189,54 @@ def test_resume_gives_what_an_uninterrupted_run_gives(dlcr, synth_data, generate
     strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]  # noqa: E731
     assert strip(metrics(tmp_path / "whole")) == strip(metrics(tmp_path / "parts"))
     assert [r["lr"] for r in metrics(tmp_path / "parts")] == pytest.approx([3.5e-4, 3.5e-5, 3.5e-5])
+
+
+def _same_scores(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for name, scores in got.items():
+        assert scores == pytest.approx(want[name]), name
+
+
+def test_keep_best_selects_cals_best_epoch_and_evaluate_loads_it(dlcr, synth_data, tmp_path):
+    run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "4",
+               "--eval-every", "1", "--lr", "3e-3")
+    assert run.code == 0, run.stderr
+    rows = metrics(tmp_path / "run")
+    ranks = [r["evaluation"]["cc"]["rank1"] for r in rows]
+    best = ranks.index(max(ranks)) + 1  # the first of equal epochs, as CAL's strict '>'
+    assert best < 4  # (this seed and lr) else best/ and the last model could not be told apart
+    assert [r["selection"]["best_epoch"] for r in rows] == [ranks.index(max(ranks[:e])) + 1 for e in range(1, 5)]
+    kept = json.loads((tmp_path / "run" / "best" / "metrics.json").read_text())
+    assert (kept["epoch"], kept["setting"]) == (best, "cc") and "selected on the test set" in kept["protocol"]
+    assert f"best epoch {best}" in run.stderr
+    chosen = dlcr("--device", "cpu", "evaluate", synth_data, "-c", tmp_path / "run", "--json")
+    assert chosen.code == 0 and f"the model of epoch {best}" in chosen.stderr
+    _same_scores(json.loads(chosen.stdout), rows[best - 1]["evaluation"])
+    last = dlcr("--device", "cpu", "evaluate", synth_data, "-c", tmp_path / "run", "--epoch", "last", "--json")
+    assert last.code == 0 and "its last epoch (4)" in last.stderr
+    _same_scores(json.loads(last.stdout), rows[-1]["evaluation"])
+
+
+def test_keep_best_resumes_to_the_same_selection(dlcr, synth_data, tmp_path):
+    common = ("--device", "cpu", "train", synth_data, *SMALL, "--eval-every", "1", "--lr", "3e-3")
+    whole = dlcr(*common, "--out", tmp_path / "whole", "--epochs", "3")
+    first = dlcr(*common, "--out", tmp_path / "parts", "--epochs", "1")
+    rest = dlcr(*common, "--out", tmp_path / "parts", "--epochs", "3", "--resume")
+    assert whole.code == first.code == rest.code == 0, rest.stderr
+    _same_files(tmp_path / "whole", tmp_path / "parts", "best/model.safetensors", "best/metrics.json",
+                "state/training.safetensors")
+
+
+def test_evaluate_uses_the_precision_the_run_trained_with(dlcr, synth_data, tmp_path):
+    run = dlcr("--device", "cpu", "train", synth_data, "--out", tmp_path / "run", *SMALL, "--epochs", "1",
+               "--precision", "bf16", "--keep", "last")
+    assert run.code == 0, run.stderr
+    trained = metrics(tmp_path / "run")[-1]["evaluation"]
+    same = dlcr("--device", "cpu", "evaluate", synth_data, "-c", tmp_path / "run", "--json")
+    assert same.code == 0 and "(bf16)" in same.stderr
+    _same_scores(json.loads(same.stdout), trained)
+    fp32 = dlcr("--device", "cpu", "evaluate", synth_data, "-c", tmp_path / "run", "--precision", "fp32", "--json")
+    assert fp32.code == 0 and "(fp32)" in fp32.stderr
 
 
 def test_a_killed_run_resumes_to_the_same_model(synth_data, tmp_path, dlcr):
@@ -189,7 +272,7 @@ def test_a_transformers_backbone_trains(dlcr, synth_data, tiny_resnet, tmp_path)
 
 @pytest.mark.parametrize("args, code, message", [
     (("--batch", "2by4"), 2, "--batch takes PxK"),
-    (("--batch", "9x4"), 2, "at least 9 training identities"),
+    (("--batch", "99x4"), 2, "lower P or K"),
     (("--backbone", "./no-such-folder"), 69, "cannot load backbone"),
     (("--image-size", "64"), 2, "HEIGHTxWIDTH"),
     (("--resume",), 66, "nothing to resume"),
@@ -248,9 +331,9 @@ def test_two_processes_share_the_batches_and_the_main_one_writes(synth_data, tmp
     assert two.stderr.count("epoch 1/2:") == 1  # only the main process logs
     solo, shared = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [r["epoch"] for r in shared] == [1, 2]
-    # the same PK plan, dealt batch by batch: as many images per epoch, up to an odd last batch
-    for a, b in zip(solo, shared):
-        assert a["images"] - 8 <= b["images"] <= a["images"]
+    # the batch is global (P x K over both processes, each takes every other chunk): the same
+    # images per epoch as one process, where a per-process batch would double them
+    assert [(r["images"], r["generated"]) for r in solo] == [(r["images"], r["generated"]) for r in shared]
     assert (tmp_path / "two" / "model.safetensors").is_file() and (tmp_path / "two" / "state").is_dir()
 
 

@@ -554,7 +554,7 @@ def check_features(s: Smoke) -> Outcome:
     g = torch.Generator().manual_seed(0)
     images = [torch.randn(per, 3, height, width, generator=g) for _ in range(batches)]
     fp32 = extract_features(model, images)
-    bf16 = extract_features(model, images, amp=True)
+    bf16 = extract_features(model, images, precision="bf16" if s.cuda else "fp32")
     diff = float((fp32 - bf16).abs().max())
     values = {"shape": list(fp32.shape), "fp32_vs_bf16_max_diff": round(diff, 5),
               "norms": round(float(fp32.norm(dim=1).mean()), 4)}

@@ -81,7 +81,9 @@ def make_stepper(s: TrainBenchSettings, device: torch.device, fast: bool) -> Ste
     from dlcr_cli.reid.train import Stepper
     from dlcr_cli.settings import DEFAULTS
 
-    train = DEFAULTS.train.model_copy(update={"triplet_weight": 0.0})
+    from dlcr_cli.reid.train import IMAGE_DEFAULTS
+
+    train = DEFAULTS.train.model_copy(update=IMAGE_DEFAULTS)
     cuda = device.type == "cuda"
     model = _model(s.arch, device)
     if fast and cuda:
@@ -95,7 +97,8 @@ def make_stepper(s: TrainBenchSettings, device: torch.device, fast: bool) -> Ste
     modules = {"model": model, "id": id_clf, "clothes": clothes_clf}
     for module in modules.values():
         module.train()
-    return Stepper(modules, opt, opt_cc, pid2clothes, train, device, amp=fast and cuda, channels_last=fast and cuda)
+    return Stepper(modules, opt, opt_cc, pid2clothes, train, device, precision="bf16" if fast and cuda else "fp32",
+                   channels_last=fast and cuda)
 
 
 def make_batches(s: TrainBenchSettings, count: int, pin: bool | None = None) -> list[Batch]:

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from dlcr_cli.commands.common import parse_size, state
+from dlcr_cli.commands.train import Precision
 from dlcr_cli.settings import DEFAULTS
 
 D = DEFAULTS.evaluate
 DATASET_HELP = ("A dataset root (PRCC, LTCC, VC-Clothes, LaST, DeepChange, CCVID: layout detected), a JSONL file "
                 "of records with split query/gallery, or - for records on stdin.")
+
+
+class Epoch(str, Enum):
+    best = "best"
+    last = "last"
 
 
 def evaluate(
@@ -28,7 +35,8 @@ def evaluate(
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images per forward pass.  \\[default: {D.batch_size}]", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(help=f"Threads reading images.  \\[default: {D.workers}]", show_default=False)] = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Add the mirrored image's embedding.  \\[default: flip]", show_default=False)] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bfloat16 autocast on CUDA (faster; features differ in the last bits).  \\[default: no-amp]", show_default=False)] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="fp32, or fp16 / bf16 autocast.  \\[default: auto: the precision the model was trained and evaluated with]", show_default=False)] = None,
+    epoch: Annotated[Optional[Epoch], typer.Option(help="Of a run folder: its best evaluated epoch's model (best/, CAL's reporting protocol), or its last epoch's.  \\[default: best when the run kept one]", show_default=False)] = None,
     rerank: Annotated[Optional[bool], typer.Option("--rerank/--no-rerank", help="k-reciprocal re-ranking of every setting.  \\[default: no-rerank]", show_default=False)] = None,
     k1: Annotated[Optional[int], typer.Option(help=f"Re-ranking: k-reciprocal neighbours.  \\[default: {D.k1}]", show_default=False)] = None,
     k2: Annotated[Optional[int], typer.Option(help=f"Re-ranking: query expansion neighbours.  \\[default: {D.k2}]", show_default=False)] = None,
@@ -38,10 +46,12 @@ def evaluate(
 ) -> None:
     """Score a re-id model with the dataset's protocol: rank-1/5/10/20, mAP and mINP of every
     setting it defines (PRCC: sc and cc against camera A; LTCC, VC-Clothes: standard, sc, cc;
-    LaST, DeepChange: standard; CCVID: standard and cc over tracklets).
+    LaST, DeepChange: standard; CCVID: standard, sc and cc over tracklets).
 
-    Features are the embedding of each image plus that of its mirror image, L2-normalised,
-    compared by cosine. Per query, same-pid same-camera images are junk; cc also junks
+    Features are the embedding of each image plus that of its mirror image, L2-normalised
+    (a video model: the mean of each tracklet's clip features, as CAL), compared by cosine.
+    A run folder gives its best epoch's model when training kept one (CAL's reporting
+    protocol; `--epoch last` for the last), evaluated in the precision it was trained with. Per query, same-pid same-camera images are junk; cc also junks
     same-clothes ones and sc other-clothes ones; queries without a good match are skipped
     and counted. The table goes to stderr, `--json` prints the numbers on stdout.
 
@@ -60,7 +70,7 @@ def evaluate(
 
     settings = state(ctx).resolve(evaluate=dict(
         image_size=parse_size(image_size, "--image-size") if image_size else None, batch_size=batch_size,
-        workers=workers, flip=flip, amp=amp, rerank=rerank, k1=k1, k2=k2, lambda_value=lambda_value,
+        workers=workers, flip=flip, precision=precision, epoch=epoch, rerank=rerank, k1=k1, k2=k2, lambda_value=lambda_value,
     )).settings
     s = settings.evaluate
     wanted = [name.strip() for name in setting.split(",") if name.strip()] if setting else None

@@ -30,8 +30,8 @@ def refine(
     setting: Annotated[Optional[str], typer.Option("--setting", help="Settings to report, comma-separated, or all.  \\[default: all]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"before": {SETTING: {...}}, "after": {...}} on stdout, each as dlcr evaluate --json.')] = False,
 ) -> None:
-    """Refine a model's rankings with K clothes-changed variants of every query (SPEC
-    "refine") and report the dataset's settings before and after, side by side.
+    """Refine a model's rankings with K clothes-changed variants of every query (docs/method.md,
+    refine) and report the dataset's settings before and after, side by side.
 
     Each query and its variants rank the gallery; the persons of the query's top 5 are
     re-scored by how high and how often they rank in the variants' top 5, and the query's
@@ -51,7 +51,7 @@ def refine(
     from dlcr_cli.errors import UsageError
     from dlcr_cli.reid.evaluate import evaluate_settings, extract_with_checkpoint, select_settings
     from dlcr_cli.reid.generated import read_generated
-    from dlcr_cli.reid.refine import evaluate_refined, pool_variant_tracklets, query_variant_features
+    from dlcr_cli.reid.refine import evaluate_refined, query_variant_features
     from dlcr_cli.runtime import resolve_device
 
     if (variants is None) == (not generate):
@@ -73,9 +73,8 @@ def refine(
                     "ranking)", missing,
                     len(data.query))
     vf, ok = query_variant_features(extracted.model, data.query, found, r.variants, size=extracted.size,
-                                    batch_size=s.batch_size, workers=s.workers, flip=s.flip, amp=s.amp)
-    if data.video:  # the queries are tracklets: so are their variants
-        vf, ok = pool_variant_tracklets(vf, ok, data.query)
+                                    batch_size=s.batch_size, workers=s.workers, flip=s.flip,
+                                    precision=extracted.precision, clip=extracted.clip)
     features = extracted.features
     wanted = [name.strip() for name in setting.split(",") if name.strip()] if setting else None
     chosen = select_settings(features, wanted)

@@ -23,6 +23,18 @@ class Loss(str, Enum):
     ce = "ce"
 
 
+class Keep(str, Enum):
+    best = "best"
+    last = "last"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
 def train(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(help=DATASET_HELP, metavar="DATASET", show_default=False)],
@@ -30,26 +42,33 @@ def train(
     generated: Annotated[Optional[str], typer.Option("--generated", "-g", help="Generated variants of the training images: dlcr inpaint records (JSONL), its output folder, or the authors' released strip format.", show_default=False)] = None,
     backbone: Annotated[Optional[str], typer.Option(help=f"transformers vision backbone (hub id or folder), or builtin:small (random init, no weights).  \\[default: {D.backbone}]", show_default=False)] = None,
     loss: Annotated[Optional[Loss], typer.Option(help="cal: identity + clothes adversarial (CAL); ce: the identity baseline.  \\[default: cal]", show_default=False)] = None,
-    image_size: Annotated[Optional[str], typer.Option(help=f"HEIGHTxWIDTH of the training images.  \\[default: {D.image_size[0]}x{D.image_size[1]}]", show_default=False)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs.  \\[default: {D.epochs}]", show_default=False)] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="PxK: P identities with K images each per batch.  \\[default: 8x8; LaST, DeepChange 16x4]", show_default=False)] = None,
+    video: Annotated[Optional[bool], typer.Option("--video/--images", help="Train the video model on clips of tracklets, or on single frames.  \\[default: video when the training records are tracklets, as CCVID's]", show_default=False)] = None,
+    image_size: Annotated[Optional[str], typer.Option(help="HEIGHTxWIDTH of the training images.  \\[default: 384x192; video 256x128]", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs.  \\[default: 60; video 150]", show_default=False)] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="PxK: the global batch (over all processes) of P chunks of K images (video: clips) of one identity each.  \\[default: 8x8; LaST, DeepChange, video 16x4]", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option(help=f"Adam learning rate.  \\[default: {D.lr}]", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed of the init, the batches, the augmentation and the variant draws.  \\[default: {D.seed}]", show_default=False)] = None,
     progressive: Annotated[Optional[bool], typer.Option("--progressive/--no-progressive", help="Progressive learning: early epochs draw from the first variants only.  \\[default: progressive]", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(help=f"DataLoader worker processes (0: the main process).  \\[default: {D.workers}]", show_default=False)] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N epochs (0: after the last only).  \\[default: 0]", show_default=False)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N epochs and after the last (0: after the last only).  \\[default: 5; video 10]", show_default=False)] = None,
+    keep: Annotated[Optional[Keep], typer.Option(help="best: also keep the best evaluated epoch's model in best/ (CAL's reporting protocol: selected on the test set); last: the last epoch only.  \\[default: best]", show_default=False)] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="Arithmetic of training and its evaluations: fp32, or fp16 / bf16 autocast.  \\[default: auto: CAL's, fp16 for LaST and DeepChange on CUDA, else fp32]", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished epoch (--epochs may be raised).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the last epoch's metrics and evaluation as JSON on stdout.")] = False,
 ) -> None:
-    """Train a CC-ReID model with CAL (SPEC "train"), on real images or real + generated ones.
+    """Train a CC-ReID model with CAL (docs/method.md, stage 2), on real images or real + generated ones.
 
-    ResNet-50 (last stride 1) -> max + average pooling -> BatchNorm embedding; identity
-    classifier with label smoothing; from epoch 25 a cosine clothes classifier on detached
-    features and the clothes-based adversarial loss; Adam 3.5e-4, lr x0.1 at epochs 20 and 40,
-    60 epochs, PK batches of 8 ids x 8 images. With `--generated`, every real image brings one
-    variant of itself (identity loss on both, clothes losses on the real ones), drawn from its
-    first variants early on (progressive learning). After training (and every `--eval-every`
-    epochs) the dataset's protocol is evaluated when it has query and gallery images.
+    Images: ResNet-50 (last stride 1) -> max + average pooling -> BatchNorm embedding;
+    identity classifier with label smoothing; from epoch 25 a cosine clothes classifier on
+    detached features and the clothes-based adversarial loss; Adam 3.5e-4, lr x0.1 at epochs
+    20 and 40, 60 epochs, batches of 8 chunks of 8 images (CAL's sampler). Tracklets (CCVID):
+    CAL's c2dres50 video model on clips of 8 frames at stride 4, 256x128, 150 epochs, lr steps
+    at 40/80/120, clothes losses from epoch 50, 16 chunks of 4 clips; evaluation averages the
+    clip features of each tracklet. With `--generated`, every real image (clip) brings one
+    variant of itself (identity loss on both, clothes losses on the real ones), drawn from
+    its first variants early on (progressive learning). The protocol is evaluated every
+    `--eval-every` epochs and after the last; `--keep best` also keeps the best epoch's model
+    in best/, which `dlcr evaluate -c RUN` loads (CAL's reporting protocol).
 
     Examples:
 
@@ -57,9 +76,11 @@ def train(
 
         dlcr --device cuda train /data/prcc --generated gen.jsonl --out runs/prcc-dlcr
 
+        dlcr --device cuda train /data/CCVID --generated ccvid-gen.jsonl --out runs/ccvid-dlcr
+
         dlcr train /data/LTCC_ReID --generated /data/dlcr-released/LTCC --out runs/ltcc --eval-every 10
 
-        dlcr train data --backbone builtin:small --image-size 128x64 --epochs 20 --out runs/small
+        dlcr train data --backbone builtin:small --image-size 128x64 --epochs 20 --keep last --out runs/small
 
         accelerate launch --multi_gpu --num_processes 4 -m dlcr_cli train /data/LaST --out runs/last
     """
@@ -70,21 +91,24 @@ def train(
 
     p, k = parse_pk(batch) if batch is not None else (None, None)
     settings = state(ctx).resolve(train=dict(
-        backbone=backbone, loss=loss, image_size=parse_size(image_size, "--image-size") if image_size else None,
-        epochs=epochs, ids_per_batch=p, images_per_id=k, lr=lr, seed=seed, progressive=progressive, workers=workers,
-        eval_every=eval_every,
+        backbone=backbone, loss=loss, video=video, image_size=parse_size(image_size, "--image-size") if image_size
+        else None, epochs=epochs, ids_per_batch=p, images_per_id=k, lr=lr, seed=seed, progressive=progressive,
+        workers=workers, eval_every=eval_every, keep=keep, precision=precision,
     )).settings
     data = load_reid_data(dataset)  # input errors before anything is built
     data.require("train")
     log.info("train: %s", data.summary())
-    from dlcr_cli.reid.train import Trainer, resolve_for_dataset, truncate_metrics
+    from dlcr_cli.reid.train import Trainer, resolve_for_data, truncate_metrics
 
-    s = resolve_for_dataset(settings.train, data.name)
+    device = resolve_device(settings.device)
+    s = resolve_for_data(settings.train, data, device)
+    if s.video:
+        log.info("train: video model on clips of %d frames at stride %d (tracklets cut every %d frames)",
+                 s.clip_length, s.clip_stride, s.dense_step)
     _check_run_folder(out, s, resume, generated)
     variants = _variants(generated, data)
     shard = current_shard()
     inputs = _check_inputs(out, data, variants, s.backbone, resume) if shard.is_main else None
-    device = resolve_device(settings.device)
     trainer = Trainer(data, s, out, device=device, variants=variants)
     if resume:
         done = trainer.load_state()
@@ -187,12 +211,31 @@ def _summary(out: Path, as_json: bool) -> None:
     evaluated = [row for row in rows if row.get("evaluation")]
     if evaluated:
         final = evaluated[-1]["evaluation"]
-        stderr.print("evaluation after epoch %d: %s" % (evaluated[-1]["epoch"], ", ".join(
-            f"{name} rank-1 {100 * v['rank1']:.1f} mAP {100 * v['mAP']:.1f}" for name, v in final.items())),
-            highlight=False, soft_wrap=True)
-    log.info("train: model in %s (dlcr evaluate DATASET --checkpoint %s)", out, out)
+        stderr.print("evaluation after epoch %d: %s" % (evaluated[-1]["epoch"], _scores(final)), highlight=False,
+                     soft_wrap=True)
+    best = _best(out)
+    if best is not None:
+        stderr.print(f"best epoch {best['epoch']} ({best['setting']} rank-1 {100 * best['rank1']:.1f}; "
+                     f"{best['protocol']}): {_scores(best['evaluation'])}", highlight=False, soft_wrap=True)
+    log.info("train: last epoch's model in %s%s (dlcr evaluate DATASET --checkpoint %s)", out,
+             f", best epoch's in {out / 'best'}" if best is not None else "", out)
     if as_json:
         import json
         import sys
 
         sys.stdout.write(json.dumps(last) + "\n")
+
+
+def _scores(evaluation: dict[str, Any]) -> str:
+    return ", ".join(f"{name} rank-1 {100 * v['rank1']:.1f} mAP {100 * v['mAP']:.1f}" for name, v in evaluation.items())
+
+
+def _best(out: Path) -> dict[str, Any] | None:
+    import json
+
+    from dlcr_cli.reid.train import BEST_METRICS
+
+    try:
+        return json.loads((out / BEST_METRICS).read_text())
+    except (OSError, ValueError):
+        return None

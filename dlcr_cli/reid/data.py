@@ -17,7 +17,7 @@ returns `ReidData`, as the reference code's (CAL) dataset classes do:
   | ltcc, vcclothes   | standard, sc, cc: same-named mode  | all                | all            |
   | vcclothes_sc / _cc| sc / cc: standard                  | cameras 2&3 / 3&4  | the same cams  |
   | last, deepchange  | standard: standard                 | all                | all            |
-  | ccvid             | standard, cc: same-named mode      | all (tracklets)    | all            |
+  | ccvid             | standard, sc, cc: same-named mode  | all (tracklets)    | all            |
   | generic           | standard, and cc when clothes known| all                | all            |
 
   PRCC's camera split defines its clothes setting, so CAL evaluates both with the standard
@@ -99,7 +99,13 @@ class ReidData:
 
     @property
     def video(self) -> bool:
+        """Query and gallery are tracklets (evaluated per tracklet)."""
         return any(s.tracklet is not None for s in self.query + self.gallery)
+
+    @property
+    def train_video(self) -> bool:
+        """The training samples are frames of tracklets (the video model can train on clips)."""
+        return any(s.tracklet is not None for s in self.train)
 
     def setting(self, name: str) -> EvalSetting:
         for setting in self.settings:
@@ -149,7 +155,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "vcclothes": lambda q, g, _: _over_all(q, g, "standard", "sc", "cc"),
     "last": lambda q, g, _: _over_all(q, g, "standard"),
     "deepchange": lambda q, g, _: _over_all(q, g, "standard"),
-    "ccvid": lambda q, g, _: _over_all(q, g, "standard", "cc"),
+    "ccvid": lambda q, g, _: _over_all(q, g, "standard", "sc", "cc"),
     GENERIC: _generic,
 }
 VARIANTS: dict[str, dict[str, frozenset[int]]] = {

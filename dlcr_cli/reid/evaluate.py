@@ -47,12 +47,32 @@ class Extracted:
     model: Any
     size: tuple[int, int]
     features: FeatureSet
+    precision: str = "fp32"
+    clip: tuple[int, int] = (8, 4)
+    """A video model's test clips: length and stride."""
+
+
+def run_model(checkpoint: Path, which: str = "best") -> tuple[Path, str]:
+    """The model folder of a checkpoint and how to name it: a run folder's best/ (with
+    `which` best, when the run kept one) or the run's last epoch; any other model folder as is."""
+    from dlcr_cli.reid.model import CONFIG_FILE, read_model_json
+    from dlcr_cli.reid.train import BEST_DIR
+
+    best = Path(checkpoint) / BEST_DIR
+    if which == "best" and (best / CONFIG_FILE).is_file():
+        chosen = read_model_json(best).get("config", {}).get("selection", {})
+        return best, (f"{best}: the model of epoch {chosen.get('epoch')}, the best {chosen.get('setting')} rank-1 of "
+                      f"the run's evaluations (CAL's reporting protocol: selected on the test set; --epoch last for "
+                      f"the last epoch's)")
+    epoch = read_model_json(checkpoint).get("config", {}).get("epoch")
+    return Path(checkpoint), f"{checkpoint}: the model of its last epoch" + (f" ({epoch})" if epoch else "")
 
 
 def extract_with_checkpoint(dataset: str, checkpoint: Path, s: Any, device: Any, *, variant: str | None = None,
                             protocol: str | None = None) -> Extracted:
-    """Load the dataset (its errors come before the model's), the checkpoint, and extract the
-    query and gallery features at `s.image_size`, else the checkpoint's, else 384x192."""
+    """Load the dataset (its errors come before the model's), the checkpoint (its best/ or last
+    epoch, `s.epoch`), and extract the query and gallery features at `s.image_size`, else the
+    checkpoint's, else 384x192, in `s.precision`, else the one the model was trained with."""
     from dlcr_cli.console import log
     from dlcr_cli.reid.data import load_reid_data
     from dlcr_cli.reid.features import DEFAULT_IMAGE_SIZE, extract_features
@@ -61,14 +81,19 @@ def extract_with_checkpoint(dataset: str, checkpoint: Path, s: Any, device: Any,
     data = load_reid_data(dataset, variant=variant, protocol=protocol)
     data.require("query", "gallery")
     log.info("evaluate: %s", data.summary())
-    saved = read_model_json(checkpoint).get("config", {}).get("image_size")
-    height, width = s.image_size or saved or DEFAULT_IMAGE_SIZE
+    folder, named = run_model(checkpoint, s.epoch)
+    log.info("evaluate: %s", named)
+    saved = read_model_json(folder).get("config", {})
+    height, width = s.image_size or saved.get("image_size") or DEFAULT_IMAGE_SIZE
     size = (int(height), int(width))
-    model = load_checkpoint(checkpoint, device)
-    log.info("evaluate: features of %d images at %dx%d on %s", len(data.query) + len(data.gallery), *size, device)
+    precision = (saved.get("precision") or "fp32") if s.precision == "auto" else s.precision
+    clip = tuple(int(v) for v in saved.get("clip") or (8, 4))
+    model = load_checkpoint(folder, device)
+    log.info("evaluate: features of %d images at %dx%d on %s (%s)", len(data.query) + len(data.gallery), *size,
+             device, precision)
     features = extract_features(model, data, size=size, batch_size=s.batch_size, workers=s.workers, flip=s.flip,
-                                amp=s.amp)
-    return Extracted(data, model, size, features)
+                                precision=precision, clip=clip)
+    return Extracted(data, model, size, features, precision, clip)
 
 
 def select_settings(features: FeatureSet, wanted: Sequence[str] | None) -> list[EvalSetting]:

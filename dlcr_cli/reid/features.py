@@ -14,8 +14,10 @@ strips), `protocol`, and the protocol's settings (`setting_names`, `setting_mode
 evaluated exactly as its dataset was (PRCC's camera subsets included). It is read with
 `allow_pickle=False`: a file never runs code.
 
-Video data (CCVID): frame features are averaged per tracklet and normalised again, so the
-query and gallery entries are tracklets, labelled by their first frame.
+Video data (CCVID): the query and gallery entries are tracklets, labelled by their first
+frame. A video model (CAL's c2dres50) embeds each tracklet as CAL's test does: the tracklet
+cut into clips (`video.test_clips`), the mean of its clip features, L2-normalised; an image
+model's frame features are averaged per tracklet and normalised again.
 """
 
 from __future__ import annotations
@@ -186,17 +188,27 @@ def _stored_settings(path: Path, arrays: dict[str, np.ndarray], n_query: int, n_
 
 
 def extract_features(model: torch.nn.Module, data: ReidData, *, size: tuple[int, int], batch_size: int = 128,
-                     workers: int = 4, flip: bool = True, amp: bool = False) -> FeatureSet:
+                     workers: int = 4, flip: bool = True, precision: str = "fp32",
+                     clip: tuple[int, int] = (8, 4)) -> FeatureSet:
     """Features of every query and gallery image of `data` (embedding of the image plus its
     mirror image, L2-normalised), batched on the model's device while threads read and resize
-    the next images; tracklets averaged for video data.
+    the next images; for video data, one per tracklet (see the module doc; `clip`: the video
+    model's test clips, length and stride).
 
     An image that cannot be read ends the run with its path: metrics over part of a gallery
     are not the protocol's numbers.
     """
+    if data.video and getattr(model, "video", False):
+        tracklets = {side: tracklet_groups(getattr(data, side)) for side in SIDES}
+        # frames in name order, as CAL globs and sorts them, whatever the order of the records
+        frames = [sorted(getattr(data, side)[i].path for i in g) for side in SIDES for g in tracklets[side]]
+        feats = embed_tracklets(model, frames, size=size, batch_size=batch_size, workers=workers,
+                                precision=precision, clip=clip)
+        n = len(tracklets["query"])
+        return tracklet_set(data.query, data.gallery, feats[:n], feats[n:], list(data.settings), data.name)
     samples = data.query + data.gallery
     feats = embed_images(model, [s.path for s in samples], size=size, batch_size=batch_size, workers=workers,
-                         flip=flip, amp=amp)
+                         flip=flip, precision=precision)
     query, gallery = feats[: len(data.query)], feats[len(data.query):]
     features = FeatureSet(query, gallery, _labels(data.query), _labels(data.gallery), list(data.settings),
                           data.name, [s.path for s in data.query], [s.path for s in data.gallery])
@@ -204,7 +216,7 @@ def extract_features(model: torch.nn.Module, data: ReidData, *, size: tuple[int,
 
 
 def embed_images(model: torch.nn.Module, images: Sequence[str | Variant], *, size: tuple[int, int],
-                 batch_size: int = 128, workers: int = 4, flip: bool = True, amp: bool = False,
+                 batch_size: int = 128, workers: int = 4, flip: bool = True, precision: str = "fp32",
                  what: str = "features") -> np.ndarray:
     """N x D float32 L2-normalised features of image files or generated variants (a strip's
     tile), read and resized by threads while the model runs; progress as `what`."""
@@ -212,19 +224,49 @@ def embed_images(model: torch.nn.Module, images: Sequence[str | Variant], *, siz
     from dlcr_cli.reid.model import extract_features as embed
 
     with progress(what, len(images)) as bar:
-        return embed(model, _batches(images, size, batch_size, workers, bar), flip=flip, amp=amp).numpy()
+        return embed(model, _batches(images, size, batch_size, workers, bar, _load_batch), flip=flip,
+                     precision=precision).numpy()
+
+
+def embed_tracklets(model: torch.nn.Module, tracklets: Sequence[Sequence[str | Variant]], *, size: tuple[int, int],
+                    batch_size: int = 128, workers: int = 4, precision: str = "fp32", clip: tuple[int, int] = (8, 4),
+                    what: str = "tracklets") -> np.ndarray:
+    """N x D float32 features of tracklets (each its frames in order: files or generated
+    variants) under a video model, as CAL's test (extract_vid_feature): every clip of
+    `video.test_clips` embedded without mirroring, the tracklet's clip features averaged and
+    L2-normalised. `batch_size` counts frames: clips go batch_size // clip length at a time."""
+    from dlcr_cli.console import progress
+    from dlcr_cli.reid.model import extract_features as embed
+    from dlcr_cli.reid.video import test_clips
+
+    length, stride = clip
+    clips, owner = [], []
+    for t, frames in enumerate(tracklets):
+        for indices in test_clips(len(frames), length, stride):
+            clips.append([frames[i] for i in indices])
+            owner.append(t)
+    with progress(what, len(clips), unit="clips") as bar:
+        feats = embed(model, _batches(clips, size, max(1, batch_size // length), workers, bar, _load_clips),
+                      flip=False, precision=precision, normalize=False).numpy()
+    dim = feats.shape[1] if len(feats) else getattr(model, "dim", 0)
+    sums = np.zeros((len(tracklets), dim), np.float64)
+    np.add.at(sums, np.asarray(owner, dtype=np.int64), feats.astype(np.float64))
+    counts = np.bincount(np.asarray(owner, dtype=np.int64), minlength=len(tracklets))[:, None]
+    mean = sums / np.maximum(counts, 1)
+    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _labels(samples: Sequence[Sample]) -> Labels:
     return Labels(*(np.array([getattr(s, key) for s in samples], dtype=np.int64) for key in ("pid", "camid", "clothes")))
 
 
-def _batches(images: Sequence[str | Variant], size: tuple[int, int], batch_size: int, workers: int,
-             bar: Any) -> Iterator[torch.Tensor]:
+def _batches(items: Sequence[Any], size: tuple[int, int], batch_size: int, workers: int, bar: Any,
+             load: Any) -> Iterator[torch.Tensor]:
+    """`load(group, size)` of consecutive groups of `batch_size` items, read by threads ahead of use."""
     from dlcr_cli.io import prefetch
 
-    groups = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
-    for future in prefetch(lambda group: _load_batch(group, size), groups, workers, depth=max(2, workers)):
+    groups = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    for future in prefetch(lambda group: load(group, size), groups, workers, depth=max(2, workers)):
         batch = future.result()
         yield batch
         bar.advance(len(batch))
@@ -237,6 +279,15 @@ def _load_batch(images: Sequence[str | Variant], size: tuple[int, int]) -> torch
 
     transform = test_transform(size)
     return torch.stack([transform(read_image(image)) for image in images])
+
+
+def _load_clips(clips: Sequence[Sequence[str | Variant]], size: tuple[int, int]) -> torch.Tensor:
+    import torch
+
+    from dlcr_cli.reid.video import clip_test_transform
+
+    transform = clip_test_transform(size)
+    return torch.stack([transform([read_image(frame) for frame in clip]) for clip in clips])
 
 
 def read_image(image: str | Variant) -> torch.Tensor:
@@ -258,18 +309,27 @@ def read_image(image: str | Variant) -> torch.Tensor:
 
 
 def pool_tracklets(features: FeatureSet, query: Sequence[Sample], gallery: Sequence[Sample]) -> FeatureSet:
-    """Frames -> tracklets: the mean of each tracklet's frame features, L2-normalised, labelled
-    and located by its first frame; settings move from frame to tracklet indices."""
-    pooled = {}
-    for side, samples, feats in (("query", query, features.query), ("gallery", gallery, features.gallery)):
+    """Frames -> tracklets: the mean of each tracklet's frame features, L2-normalised."""
+    pooled = []
+    for samples, feats in ((query, features.query), (gallery, features.gallery)):
+        groups = tracklet_groups(samples)
+        mean = np.stack([feats[g].mean(0) for g in groups]) if groups else np.zeros((0, feats.shape[1]), np.float32)
+        pooled.append(mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12))
+    return tracklet_set(query, gallery, *pooled, features.settings, features.protocol)
+
+
+def tracklet_set(query: Sequence[Sample], gallery: Sequence[Sample], query_feats: np.ndarray,
+                 gallery_feats: np.ndarray, settings: Sequence[EvalSetting], protocol: str) -> FeatureSet:
+    """The FeatureSet of tracklet features (in `tracklet_groups` order), each tracklet labelled
+    and located by its first frame; the frame-indexed settings move to tracklet indices."""
+    sides = []
+    for samples in (query, gallery):
         groups = tracklet_groups(samples)
         owner = np.empty(len(samples), dtype=np.int64)
         for t, group in enumerate(groups):
             owner[group] = t
-        mean = np.stack([feats[g].mean(0) for g in groups]) if groups else np.zeros((0, feats.shape[1]), np.float32)
-        norm = np.linalg.norm(mean, axis=1, keepdims=True)
         firsts = [samples[g[0]] for g in groups]
-        pooled[side] = (mean / np.maximum(norm, 1e-12), _labels(firsts), [s.path for s in firsts], owner)
-    (qf, ql, qp, qo), (gf, gl, gp, go) = pooled["query"], pooled["gallery"]
-    settings = [EvalSetting(s.name, s.mode, np.unique(qo[s.query]), np.unique(go[s.gallery])) for s in features.settings]
-    return FeatureSet(qf.astype(np.float32), gf.astype(np.float32), ql, gl, settings, features.protocol, qp, gp)
+        sides.append((_labels(firsts), [s.path for s in firsts], owner))
+    (ql, qp, qo), (gl, gp, go) = sides
+    moved = [EvalSetting(s.name, s.mode, np.unique(qo[s.query]), np.unique(go[s.gallery])) for s in settings]
+    return FeatureSet(query_feats.astype(np.float32), gallery_feats.astype(np.float32), ql, gl, moved, protocol, qp, gp)

@@ -31,7 +31,6 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +50,31 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"
 
 
+HEADS = ("image", "video")
+
+
 class ReidModel(nn.Module):
-    """backbone (images -> B x C x h x w) -> concat(max pool, avg pool) -> BatchNorm1d: B x 2C."""
+    """The backbone, a pooling and a BatchNorm1d neck, by `head`:
+
+    - image (CAL's img_resnet): B x 3 x H x W -> concat(global max pool, global average pool)
+      -> BatchNorm1d: B x 2C.
+    - video (CAL's c2dres50, vid_resnet.C2DResNet50): clips B x T x 3 x H x W, every frame
+      through the 2D backbone, global max pool per frame, mean over the T frames ->
+      BatchNorm1d: B x C. A B x 3 x H x W batch is taken as one-frame clips.
+    """
 
     def __init__(self, backbone: nn.Module, channels: int, spec: dict[str, Any]) -> None:
         super().__init__()
+        head = spec.get("head", "image")
+        if head not in HEADS:
+            raise ValueError(f"unknown model head {head!r}")
         self.backbone = backbone
-        self.bn = nn.BatchNorm1d(2 * channels)
+        self.video = head == "video"
+        dim = channels if self.video else 2 * channels
+        self.bn = nn.BatchNorm1d(dim)
         nn.init.normal_(self.bn.weight, 1.0, 0.02)
         nn.init.zeros_(self.bn.bias)
-        self.spec = {**spec, "channels": channels, "dim": 2 * channels}
+        self.spec = {**spec, "head": head, "channels": channels, "dim": dim}
         """What model.json records to rebuild this architecture."""
 
     @property
@@ -71,9 +85,14 @@ class ReidModel(nn.Module):
         return self.backbone(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        fmap = self.backbone(images)
-        pooled = torch.cat([fmap.amax(dim=(2, 3)), fmap.mean(dim=(2, 3))], dim=1)
-        return self.bn(pooled)
+        if not self.video:
+            fmap = self.backbone(images)
+            return self.bn(torch.cat([fmap.amax(dim=(2, 3)), fmap.mean(dim=(2, 3))], dim=1))
+        clips = images if images.dim() == 5 else images.unsqueeze(1)
+        b, t = clips.shape[:2]
+        # reshape, not view: a channels_last batch stays channels_last when the frames are flattened
+        fmap = self.backbone(clips.reshape(b * t, *clips.shape[2:]))
+        return self.bn(fmap.amax(dim=(2, 3)).view(b, t, -1).mean(1))
 
 
 # --- builtin:small --------------------------------------------------------------------------
@@ -179,13 +198,13 @@ def _hub_model(backbone: nn.Module, spec: dict[str, Any]) -> ReidModel:
     return ReidModel(HubBackbone(backbone), int(backbone.channels[-1]), spec)
 
 
-def _builtin_model(name: str) -> ReidModel:
+def _builtin_model(name: str, head: str = "image") -> ReidModel:
     arch = name.removeprefix(BUILTIN_PREFIX)
     if arch not in BUILTINS:
         known = ", ".join(BUILTIN_PREFIX + n for n in BUILTINS)
         raise UsageError(f"unknown built-in backbone {name!r}; built-in ones: {known} ({SETTING} / --backbone)")
     net = BUILTINS[arch]()
-    return ReidModel(net, net.channels, {"backbone": name, "kind": "builtin"})
+    return ReidModel(net, net.channels, {"backbone": name, "kind": "builtin", "head": head})
 
 
 def _unavailable(model_id: str, reason: str) -> Unavailable:
@@ -198,12 +217,13 @@ def _unavailable(model_id: str, reason: str) -> Unavailable:
 
 
 def build_model(backbone: str = DEFAULT_BACKBONE, *, device: Any = "cpu",
-                dtype: torch.dtype | None = None) -> ReidModel:
+                dtype: torch.dtype | None = None, head: str = "image") -> ReidModel:
     """The re-id model on `device` (parameters in `dtype`, default float32): `builtin:<name>` at
     random init, else the transformers backbone `backbone` (hub id or folder) with its
-    pretrained weights, last stride 1 where the architecture allows (see the module doc)."""
+    pretrained weights, last stride 1 where the architecture allows (see the module doc);
+    `head`: image or video (see ReidModel)."""
     if backbone.startswith(BUILTIN_PREFIX):
-        model = _builtin_model(backbone)
+        model = _builtin_model(backbone, head)
     else:
         source = backbone
         if backbone.startswith(("/", "./", "../", "~")):  # a folder, never a hub id
@@ -215,7 +235,7 @@ def build_model(backbone: str = DEFAULT_BACKBONE, *, device: Any = "cpu",
         except (OSError, ValueError, KeyError, ImportError) as err:
             # Not found, offline, gated, no safetensors, unknown or non-backbone architecture.
             raise _unavailable(backbone, str(err) or type(err).__name__) from err
-        model = _hub_model(hub, {"backbone": backbone, "kind": "hub", "last_stride_1": True})
+        model = _hub_model(hub, {"backbone": backbone, "kind": "hub", "last_stride_1": True, "head": head})
     return model.to(device=device, dtype=dtype or torch.float32)
 
 
@@ -274,8 +294,11 @@ def read_model_json(path_dir: str | Path) -> dict[str, Any]:
 
 def _rebuild(meta: dict[str, Any], source: Path) -> ReidModel:
     """The architecture of model.json at random init, without network."""
+    head = meta.get("head", "image")  # files written before video models are image models
+    if head not in HEADS:
+        raise MalformedInput(f"{source}: unknown model head {head!r} (known: {', '.join(HEADS)})")
     if meta.get("kind") == "builtin":
-        return _builtin_model(meta["backbone"])
+        return _builtin_model(meta["backbone"], head)
     if meta.get("kind") != "hub" or not isinstance(meta.get("hub_config"), dict):
         raise MalformedInput(f"{source}: unknown model kind {meta.get('kind')!r}")
     from transformers import AutoConfig
@@ -286,7 +309,8 @@ def _rebuild(meta: dict[str, Any], source: Path) -> ReidModel:
         backbone = _backbone_class(config)(config)
     except (KeyError, ValueError) as err:
         raise MalformedInput(f"{source}: cannot rebuild backbone {meta.get('backbone')!r}: {err}") from err
-    return _hub_model(backbone, {k: meta[k] for k in ("backbone", "kind", "last_stride_1") if k in meta})
+    return _hub_model(backbone, {**{k: meta[k] for k in ("backbone", "kind", "last_stride_1") if k in meta},
+                                 "head": head})
 
 
 def load_checkpoint(path_dir: str | Path, device: Any = "cpu") -> ReidModel:
@@ -318,25 +342,29 @@ def _images_of(batch: Any) -> torch.Tensor:
     return batch[0]
 
 
-def extract_features(model: nn.Module, batches: Iterable[Any], flip: bool = True, *, amp: bool = False) -> torch.Tensor:
-    """N x D float32 CPU features, L2-normalised: embedding(image) + embedding(its mirror image)
-    with `flip` (SPEC evaluate; CAL's extract_img_feature). `batches`: normalised B x 3 x H x W
-    tensors, or a loader whose batches hold them (see `_images_of`). `amp`: bf16 autocast on CUDA.
-    The model runs in eval mode and gets its training mode back afterwards."""
+def extract_features(model: nn.Module, batches: Iterable[Any], flip: bool = True, *, precision: str = "fp32",
+                     normalize: bool = True) -> torch.Tensor:
+    """N x D float32 CPU features: embedding(image) + embedding(its mirror image) with `flip`
+    (SPEC evaluate; CAL's extract_img_feature), L2-normalised with `normalize` (video clips
+    are not: CAL averages a tracklet's raw clip features, then normalises). `batches`:
+    normalised B x 3 x H x W images or B x T x 3 x H x W clips, or a loader whose batches hold
+    them (see `_images_of`). `precision`: fp32, or fp16 / bf16 autocast. The model runs in eval
+    mode and gets its training mode back afterwards."""
+    from dlcr_cli.runtime import autocast
+
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
     was_training = model.training
     model.eval()
     out: list[torch.Tensor] = []
     try:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(device, precision):
             for batch in batches:
                 images = _images_of(batch).to(device, dtype, non_blocking=True)
                 features = model(images).float()
                 if flip:
                     features = features + model(images.flip(-1)).float()
-                out.append(F.normalize(features, dim=1).cpu())
+                out.append((F.normalize(features, dim=1) if normalize else features).cpu())
     finally:
         model.train(was_training)
     if not out:

@@ -113,22 +113,46 @@ def refined_distance_chunks(qf: np.ndarray, vf: np.ndarray, variant_ok: np.ndarr
 
 
 def query_variant_features(model: Any, queries: list, variants: dict[str, list], k: int, *, size: tuple[int, int],
-                           batch_size: int = 128, workers: int = 4, flip: bool = True, amp: bool = False
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """(Q x K x D features, Q x K bool) of each query's first K variants (in variant order)."""
-    from dlcr_cli.reid.features import embed_images
+                           batch_size: int = 128, workers: int = 4, flip: bool = True, precision: str = "fp32",
+                           clip: tuple[int, int] = (8, 4)) -> tuple[np.ndarray, np.ndarray]:
+    """(Q x K x D features, Q x K bool) of each query's first K variants (in variant order).
+    Queries that are frames of tracklets give tracklet rows (in `tracklet_groups` order, as
+    the query features): a video model embeds variant k of a tracklet as a tracklet of the
+    frames' variant k (inpaint gives every frame of a tracklet the same targets), present when
+    every frame has it; an image model's frame variants are averaged per tracklet."""
+    from dlcr_cli.reid.features import embed_images, embed_tracklets
 
+    if any(q.tracklet is not None for q in queries) and getattr(model, "video", False):
+        from dlcr_cli.reid.data import tracklet_groups
+
+        items, where = [], []
+        for t, group in enumerate(tracklet_groups(queries)):
+            frames = sorted((queries[i] for i in group), key=lambda x: x.path)
+            options = [variants.get(f.path, [])[:k] for f in frames]
+            for j in range(min(len(o) for o in options)):
+                items.append([o[j] for o in options])
+                where.append((t, j))
+        rows = len(tracklet_groups(queries))
+        feats = embed_tracklets(model, items, size=size, batch_size=batch_size, workers=workers, precision=precision,
+                                clip=clip, what="query variants") if items else None
+        return _placed(feats, where, rows, k, model)
     items, where = [], []
     for qi, sample in enumerate(queries):
         for j, variant in enumerate(variants.get(sample.path, [])[:k]):
             items.append(variant)
             where.append((qi, j))
-    feats = embed_images(model, items, size=size, batch_size=batch_size, workers=workers, flip=flip, amp=amp,
-                         what="query variants") if items else np.zeros((0, 0), np.float32)
-    dim = feats.shape[1] if len(items) else getattr(model, "dim", 1)
-    out, ok = np.zeros((len(queries), k, dim), np.float32), np.zeros((len(queries), k), bool)
-    for (qi, j), f in zip(where, feats):
-        out[qi, j], ok[qi, j] = f, True
+    feats = embed_images(model, items, size=size, batch_size=batch_size, workers=workers, flip=flip,
+                         precision=precision, what="query variants") if items else None
+    vf, ok = _placed(feats, where, len(queries), k, model)
+    return pool_variant_tracklets(vf, ok, queries) if any(q.tracklet is not None for q in queries) else (vf, ok)
+
+
+def _placed(feats: np.ndarray | None, where: list[tuple[int, int]], rows: int, k: int, model: Any
+            ) -> tuple[np.ndarray, np.ndarray]:
+    dim = feats.shape[1] if feats is not None else getattr(model, "dim", 1)
+    out, ok = np.zeros((rows, k, dim), np.float32), np.zeros((rows, k), bool)
+    for (row, j), f in zip(where, feats if feats is not None else []):
+        out[row, j], ok[row, j] = f, True
     return out, ok
 
 

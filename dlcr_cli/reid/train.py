@@ -68,18 +68,49 @@ INPUTS_FILE = f"{STATE}/inputs.json"
 METRICS = "metrics.jsonl"
 SETTINGS = "settings.json"
 
-# Reference defaults per dataset for the settings left unset (CAL's configs).
+# CAL's defaults (configs/default_img.py, default_vid.py and the per-dataset configs of its
+# script.sh) for the settings left unset. Batches are global: P x K over all processes.
+IMAGE_DEFAULTS: dict[str, Any] = {
+    "image_size": (384, 192), "epochs": 60, "milestones": [20, 40], "clothes_start": 25, "label_smoothing": 0.1,
+    "triplet_weight": 0.0, "ids_per_batch": 8, "images_per_id": 8, "eval_every": 5,
+}
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "last": {"triplet_weight": 1.0, "ids_per_batch": 16, "images_per_id": 4},
     "deepchange": {"ids_per_batch": 16, "images_per_id": 4},
 }
-GENERIC_DEFAULTS = {"triplet_weight": 0.0, "ids_per_batch": 8, "images_per_id": 8}
+VIDEO_DEFAULTS: dict[str, Any] = {
+    "image_size": (256, 128), "epochs": 150, "milestones": [40, 80, 120], "clothes_start": 50,
+    "label_smoothing": 0.0, "triplet_weight": 0.0, "ids_per_batch": 16, "images_per_id": 4, "eval_every": 10,
+}
+FP16_DATASETS = frozenset({"last", "deepchange"})
+"""CAL's script.sh trains these with --amp (fp16 autocast, loss scaling); the others in float32."""
+BEST_DIR = "best"
+BEST_METRICS = f"{BEST_DIR}/metrics.json"
+PROTOCOL_NOTE = "CAL's reporting protocol: the best rank-1 over the evaluated epochs, selected on the test set"
 
 
-def resolve_for_dataset(settings: TrainSettings, dataset: str) -> TrainSettings:
-    """The settings with the unset per-dataset values filled in from the reference's."""
-    defaults = {**GENERIC_DEFAULTS, **DATASET_DEFAULTS.get(dataset, {})}
-    return settings.model_copy(update={k: v for k, v in defaults.items() if getattr(settings, k) is None})
+def resolve_for_data(settings: TrainSettings, data: ReidData, device: torch.device) -> TrainSettings:
+    """The settings with every unset value filled in from CAL's defaults for this data: video
+    when its training records are tracklets (or `video` says so), else image, with the
+    dataset's own values; precision auto is CAL's (fp16 for LaST and DeepChange on CUDA)."""
+    from dlcr_cli.errors import UsageError
+
+    video = data.train_video if settings.video is None else settings.video
+    if video and not data.train_video:
+        raise UsageError("train.video needs training records of tracklets (a tracklet field, as CCVID's); "
+                         f"{data.name} has images")
+    defaults = VIDEO_DEFAULTS if video else {**IMAGE_DEFAULTS, **DATASET_DEFAULTS.get(data.name, {})}
+    update: dict[str, Any] = {k: v for k, v in defaults.items() if getattr(settings, k) is None}
+    update["video"] = video
+    if settings.precision == "auto":
+        update["precision"] = "fp16" if device.type == "cuda" and not video and data.name in FP16_DATASETS else "fp32"
+    if settings.select is None and data.settings:
+        names = [x.name for x in data.settings]
+        update["select"] = "cc" if "cc" in names else names[0]
+    elif settings.select is not None and data.settings and settings.select not in {x.name for x in data.settings}:
+        raise UsageError(f"train.select: {data.name} has no setting {settings.select!r}; it has "
+                         f"{', '.join(x.name for x in data.settings)}")
+    return settings.model_copy(update=update)
 
 
 def visible_fraction(completed_epochs: int, thresholds: Sequence[int], fractions: Sequence[float]) -> float:
@@ -111,6 +142,10 @@ class TrainSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def pids(self) -> list[int]:
+        """The identity of every item, for the sampler."""
+        return [x.pid for x in self.samples]
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -138,10 +173,72 @@ class TrainSet(torch.utils.data.Dataset):
         return real, sample.pid, sample.clothes, generated
 
 
+@dataclass(frozen=True)
+class Piece:
+    """A stretch of one training tracklet's frames (CAL's dense sampling): one clip per epoch."""
+
+    frames: tuple[Sample, ...]
+    pid: int
+    clothes: int
+
+
+def tracklet_pieces(samples: Sequence[Sample], step: int) -> list[Piece]:
+    """The training tracklets (frames in name order, as CAL globs them) cut into pieces of
+    `step` frames, the last taking the rest (CAL's _densesampling_for_trainingset)."""
+    from dlcr_cli.reid.data import tracklet_groups
+    from dlcr_cli.reid.video import dense_pieces
+
+    pieces = []
+    for group in tracklet_groups(samples):
+        frames = sorted((samples[i] for i in group), key=lambda x: x.path)
+        for part in dense_pieces(len(frames), step):
+            pieces.append(Piece(tuple(frames[part.start:part.stop]), frames[0].pid, frames[0].clothes))
+    return pieces
+
+
+class ClipTrainSet(TrainSet):
+    """Video training items, one per tracklet piece: (real clip, pid, clothes, generated clip
+    or None). The clip's frames are CAL's TemporalRandomCrop of the piece; the generated clip
+    is the same frames' variant k, k drawn once per clip: inpaint gives every frame of a
+    tracklet the same targets, so variant k is one outfit across the clip. Frames are
+    augmented together (one flip per clip), the generated clip independently of the real one."""
+
+    def __init__(self, pieces: Sequence[Piece], variants: dict[str, list[Variant]] | None, size: tuple[int, int],
+                 seed: int, fraction_of: Any, length: int, stride: int) -> None:
+        super().__init__([], variants, size, seed, fraction_of)
+        self.pieces, self.length, self.stride = list(pieces), length, stride
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def pids(self) -> list[int]:
+        return [piece.pid for piece in self.pieces]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, torch.Tensor | None]:
+        from dlcr_cli.reid.features import read_image
+        from dlcr_cli.reid.transforms import sample_generator
+        from dlcr_cli.reid.video import ClipTrainTransform, train_clip
+
+        piece = self.pieces[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index, 3])
+        frames = [piece.frames[i] for i in train_clip(len(piece.frames), rng, self.length, self.stride)]
+        transform = ClipTrainTransform(self.size)
+        real = transform([read_image(f.path) for f in frames], sample_generator(self.seed, self.epoch, index, 0))
+        generated = None
+        options = [self.variants.get(f.path) or [] for f in frames] if self.variants else []
+        k = min((len(o) for o in options), default=0)  # the variants every frame of the clip has
+        if k:
+            chosen = self.variant_index(index, k)
+            generated = transform([read_image(o[chosen]) for o in options],
+                                  sample_generator(self.seed, self.epoch, index, 1))
+        return real, piece.pid, piece.clothes, generated
+
+
 @dataclass
 class Batch:
     images: torch.Tensor
-    """The real images, then the variants of those that have one (in batch order): one tensor,
+    """The real images (B x 3 x H x W; video: clips, B x T x 3 x H x W), then the variants of
+    those that have one (in batch order): one tensor,
     so the device copy reads the page-locked memory the loader pinned, with no host-side
     concatenation (a pageable copy, which makes the non_blocking copy synchronous)."""
     pids: torch.Tensor
@@ -193,6 +290,9 @@ class EpochStats:
     """Generated images seen this epoch."""
     visible_fraction: float | None
     evaluation: dict[str, dict[str, Any]] | None = field(default=None)
+    selection: dict[str, Any] | None = field(default=None)
+    """Evaluated epochs: the setting whose rank-1 selects the best epoch, this epoch's rank-1
+    and the best epoch so far (CAL's reporting protocol; its model is in best/)."""
 
 
 @dataclass
@@ -208,14 +308,19 @@ class Stepper:
     s: Any
     """The train settings (loss weights, scale, epsilon, margin)."""
     device: torch.device
-    amp: bool = False
-    """bfloat16 autocast (CUDA)."""
+    precision: str = "fp32"
+    """fp32, or fp16 / bf16 autocast; fp16 scales the losses (a GradScaler, as CAL's apex O1)."""
     channels_last: bool = False
+    scaler: Any = None
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     def _autocast(self) -> Any:
-        from contextlib import nullcontext
+        from dlcr_cli.runtime import autocast
 
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+        return autocast(self.device, self.precision)
 
     def step(self, batch: Batch, clothes_on: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
         """Returns the losses and the correct identity predictions as detached device tensors
@@ -223,7 +328,7 @@ class Stepper:
         s, m = self.s, self.modules
         images = batch.images.to(self.device, non_blocking=True)
         if self.channels_last:  # on the device: a host-side conversion would be a pageable copy
-            images = images.contiguous(memory_format=torch.channels_last)
+            images = to_channels_last(images)
         pids = batch.pids.to(self.device, non_blocking=True)
         real_pids, clothes = pids[: batch.real], batch.clothes.to(self.device, non_blocking=True)
         losses: dict[str, torch.Tensor] = {}
@@ -240,19 +345,28 @@ class Stepper:
                 cc_logits = m["clothes"](real_features.detach())
             losses["clothes"] = clothes_loss(cc_logits, clothes, s.cal_scale)
             self.opt_cc.zero_grad(set_to_none=True)
-            losses["clothes"].backward()
-            self.opt_cc.step()
+            self.scaler.scale(losses["clothes"]).backward()
+            self.scaler.step(self.opt_cc)
             with self._autocast():
                 adv_logits = m["clothes"](real_features)
             losses["cal"] = cal_loss(adv_logits, clothes, positive_mask(self.pid2clothes, real_pids), s.cal_scale,
                                      s.cal_epsilon)
             loss = loss + losses["cal"]
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()  # once per step, after both optimizers (a no-op unless fp16)
         losses["loss"] = loss
         correct = (logits.detach().argmax(1) == pids).sum()
         return {k: v.detach().float() for k, v in losses.items()}, correct, len(images)
+
+
+def to_channels_last(images: torch.Tensor) -> torch.Tensor:
+    """channels_last images; clips (B x T x C x H x W) with every frame channels_last, so the
+    model's flattening to B*T frames keeps the layout."""
+    if images.dim() == 5:
+        return images.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(images.shape)
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 class Trainer:
@@ -260,15 +374,15 @@ class Trainer:
                  variants: dict[str, list[Variant]] | None = None) -> None:
         from dlcr_cli.distributed import current_shard
         from dlcr_cli.reid.model import build_model
-        from dlcr_cli.reid.sampler import PKSampler
+        from dlcr_cli.reid.sampler import IdentitySampler
 
-        s = self.s = settings
+        s = self.s = resolve_for_data(settings, data, device)  # a no-op on resolved settings
         self.data, self.out, self.device, self.shard = data, out, device, current_shard()
         self.cuda = device.type == "cuda"
         if self.cuda:  # fixed image sizes: cuDNN's measured choice of kernels pays for itself
             torch.backends.cudnn.benchmark = True
         torch.manual_seed(s.seed)
-        self.model: ReidModel = build_model(s.backbone, device=device)
+        self.model: ReidModel = build_model(s.backbone, device=device, head="video" if s.video else "image")
         if self.cuda and s.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.id_clf = IdentityClassifier(self.model.dim, data.num_pids).to(device)
@@ -280,13 +394,17 @@ class Trainer:
         self.pid2clothes = torch.as_tensor(data.pid2clothes, device=device)
         fractions = (lambda e: visible_fraction(e, s.progressive_epochs, s.progressive_fractions)) if s.progressive \
             else (lambda e: 1.0)
-        self.trainset = TrainSet(data.train, variants, s.image_size, s.seed, fractions)
-        self.sampler = PKSampler([x.pid for x in data.train], s.ids_per_batch, s.images_per_id, seed=s.seed,
-                                 rank=self.shard.rank, world=self.shard.world)
+        self.trainset = ClipTrainSet(tracklet_pieces(data.train, s.dense_step), variants, s.image_size, s.seed,
+                                     fractions, s.clip_length, s.clip_stride) if s.video else \
+            TrainSet(data.train, variants, s.image_size, s.seed, fractions)
+        self.sampler = IdentitySampler(self.trainset.pids(), s.ids_per_batch, s.images_per_id, seed=s.seed,
+                                       rank=self.shard.rank, world=self.shard.world)
         self.parallel = self._wrap_for_processes()
         self.stepper = Stepper(self.parallel, self.opt, self.opt_cc, self.pid2clothes, s, device,
-                               amp=self.cuda and s.amp, channels_last=self.cuda and s.channels_last)
+                               precision=s.precision, channels_last=self.cuda and s.channels_last)
         self.start_epoch = 0
+        self.best: dict[str, Any] | None = None
+        """The best evaluated epoch so far (keep best): its epoch, setting and rank-1."""
 
     def _wrap_for_processes(self) -> dict[str, nn.Module]:
         """The modules a step calls: DDP-wrapped under a launcher (gradients averaged), else themselves."""
@@ -318,7 +436,8 @@ class Trainer:
         # The scheduler's own state holds a Counter of milestones that JSON cannot round-trip;
         # its milestones come from the settings, so its position is all there is to keep.
         schedule = {"last_epoch": self.scheduler.last_epoch, "last_lr": self.scheduler.get_last_lr()}
-        meta: dict[str, Any] = {"epoch": epoch, "scheduler": schedule, "optimizers": {}}
+        meta: dict[str, Any] = {"epoch": epoch, "scheduler": schedule, "optimizers": {},
+                                "scaler": self.stepper.scaler.state_dict(), "best": self.best}
         for name, obj in self.modules_and_optimizers().items():
             state = obj.state_dict()
             if isinstance(obj, torch.optim.Optimizer):
@@ -346,7 +465,15 @@ class Trainer:
             raise MalformedInput(f"{self.out / STATE_FILE}: the training state does not fit this model "
                                  f"({detail[:200]})") from None
         self.start_epoch = int(meta["epoch"])
+        if self.best is not None and self.best["epoch"] == self.start_epoch and self._best_on_disk() != self.start_epoch:
+            self._save_best()  # the run stopped between its state and best/: the restored model is the best
         return self.start_epoch
+
+    def _best_on_disk(self) -> int | None:
+        try:
+            return int(json.loads((self.out / BEST_METRICS).read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def _restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         for name, obj in self.modules_and_optimizers().items():
@@ -361,10 +488,16 @@ class Trainer:
                 obj.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         self.scheduler.last_epoch = int(meta["scheduler"]["last_epoch"])
         self.scheduler._last_lr = list(meta["scheduler"]["last_lr"])
+        if meta.get("scaler"):
+            self.stepper.scaler.load_state_dict(meta["scaler"])
+        self.best = meta.get("best")
 
     # --- the loop ---
 
     def fit(self, epochs: int, eval_every: int = 0, evaluate_last: bool = True) -> list[EpochStats]:
+        """Train to `epochs`, evaluating every `eval_every` epochs and after the last (CAL's
+        schedule); with keep best, each evaluation that beats the best rank-1 of the selected
+        setting so far (strictly, as CAL: the earlier of equal epochs stays) saves best/."""
         stats = []
         for epoch in range(self.start_epoch, epochs):
             result = self.train_epoch(epoch, epochs)
@@ -372,15 +505,45 @@ class Trainer:
             if (last or (eval_every and (epoch + 1) % eval_every == 0)) and self._can_evaluate():
                 result.evaluation = self.evaluate()
             if self.shard.is_main:  # the state last: it is what --resume trusts
+                improved = result.evaluation is not None and self._select(result)
                 _append_metrics(self.out / METRICS, result)
-                save_checkpoint(self.model, self.out, self.checkpoint_config())
+                save_checkpoint(self.model, self.out, self.checkpoint_config(epoch + 1))
                 self.save_state(epoch + 1)
+                if improved:  # after the state: a resumed run rewrites it (see load_state)
+                    self._save_best()
             self._barrier()
             stats.append(result)
         return stats
 
-    def checkpoint_config(self) -> dict[str, Any]:
-        return {"image_size": list(self.s.image_size), "dataset": self.data.name, "loss": self.s.loss}
+    def _select(self, result: EpochStats) -> bool:
+        """Label the evaluation with CAL's model selection; True when it is the best so far."""
+        setting = self.s.select
+        if self.s.keep != "best" or setting is None or setting not in (result.evaluation or {}):
+            return False
+        rank1 = float(result.evaluation[setting]["rank1"])
+        improved = self.best is None or rank1 > self.best["rank1"]
+        if improved:
+            self.best = {"epoch": result.epoch, "setting": setting, "rank1": rank1, "evaluation": result.evaluation}
+        result.selection = {"setting": setting, "rank1": rank1, "best_epoch": (self.best or {}).get("epoch")}
+        return improved
+
+    def _save_best(self) -> None:
+        """best/: the current model (that of the best epoch) and its metrics."""
+        from dlcr_cli.io import write_text_atomic
+
+        assert self.best is not None
+        selection = {k: v for k, v in self.best.items() if k != "evaluation"}
+        config = {**self.checkpoint_config(self.best["epoch"]), "selection": {**selection, "protocol": PROTOCOL_NOTE}}
+        save_checkpoint(self.model, self.out / BEST_DIR, config)
+        write_text_atomic(json.dumps({**config["selection"], "evaluation": self.best["evaluation"]}, indent=2) + "\n",
+                          self.out / BEST_METRICS)
+        log.info("train: epoch %d is the best so far (%s rank-1 %.1f): its model is in %s", self.best["epoch"],
+                 self.best["setting"], 100 * self.best["rank1"], self.out / BEST_DIR)
+
+    def checkpoint_config(self, epoch: int | None = None) -> dict[str, Any]:
+        return {"image_size": list(self.s.image_size), "dataset": self.data.name, "loss": self.s.loss,
+                "precision": self.s.precision, "epoch": epoch,
+                **({"clip": [self.s.clip_length, self.s.clip_stride]} if self.s.video else {})}
 
     def train_epoch(self, epoch: int, epochs: int) -> EpochStats:
         s = self.s
@@ -452,8 +615,9 @@ class Trainer:
         from dlcr_cli.reid.evaluate import as_json, evaluate_settings
         from dlcr_cli.reid.features import extract_features
 
-        features = extract_features(self.model, self.data, size=tuple(self.s.image_size),
-                                    workers=max(1, self.s.workers), amp=self.s.amp)  # gives back train mode
+        features = extract_features(self.model, self.data, size=tuple(self.s.image_size),  # gives back train mode
+                                    workers=max(1, self.s.workers), precision=self.s.precision,
+                                    clip=(self.s.clip_length, self.s.clip_stride))
         results = evaluate_settings(features, features.settings, device=self.device)
         scores = as_json(results)
         log.info("evaluation: %s", ", ".join(f"{name} rank-1 {100 * v['rank1']:.1f} mAP {100 * v['mAP']:.1f}"

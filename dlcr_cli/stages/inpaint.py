@@ -5,8 +5,9 @@ ids that have a prompt, its own excluded; variant k is the source with its cloth
 repainted for target k's prompt, pasted back onto the source with the mask so that every
 pixel outside the mask is exactly the source's.
 
-Reproducible and resumable: the targets of a source come from (seed, source rel path), the
-noise seed of variant k from (seed, rel, k); the jobs are cut into batches by their place
+Reproducible and resumable: the targets of a source come from (seed, source rel path), those
+of a video frame from (seed, its tracklet), so that all frames of a tracklet share their K
+targets; the noise seed of variant k from (seed, rel, k), per frame; the jobs are cut into batches by their place
 in the plan, never by what is done, so a run resumed after a crash computes every batch
 with the same companions as an uninterrupted run and writes byte-identical files.
 """
@@ -70,6 +71,14 @@ def draw_targets(seed: int, rel: str, own: str | None, pool: list[str], k: int) 
     return [candidates[i] for i in order[:k]]
 
 
+def target_key(source: Record, rel: str) -> str:
+    """What a source's targets are drawn for: its tracklet when it is a video frame (every
+    frame of a tracklet wears the same K outfits, so variant k of its frames makes a clip of
+    one outfit), else the image itself."""
+    tracklet = getattr(source, "tracklet", None)
+    return f"tracklet:{tracklet}" if tracklet is not None else rel
+
+
 def variant_seed(seed: int, rel: str, variant: int) -> int:
     return stable_int("variant", seed, rel, variant)
 
@@ -121,7 +130,7 @@ def make_plan(sources: list[Record], prompts: dict[str, str], *, variants: int, 
             failed.append(Outcome(source, problem))
             continue
         rel = rel_path(source)
-        targets = draw_targets(seed, rel, source.clothes, pool, variants)
+        targets = draw_targets(seed, target_key(source, rel), source.clothes, pool, variants)
         fewer += len(targets) < variants
         for k, target in enumerate(targets):
             jobs.append(Job(source, rel, k, len(targets), target, prompts[target], variant_seed(seed, rel, k),
