@@ -268,17 +268,88 @@ def test_peak_rss_sees_an_allocation_inside_the_block():
 # --- dlcr bench train ---------------------------------------------------------------------------
 
 
-def test_train_bench_times_both_paths_on_the_same_batches(run_bench):
-    result = run_bench("train", "--arch", "small", "--batch", "2x2", "--size", "32x16", "--steps", "2", "--warmup",
-                       "1", "--json")
+TINY_TRAIN = ("--arch", "small", "--batch", "2x2", "--size", "32x16", "--steps", "2", "--warmup", "1", "--json")
+ROW_FIELDS = {"name", "precision", "channels_last", "seconds", "peak_mem_gb", "vs_reference"}
+
+
+def test_train_bench_rows_on_cpu_are_the_reference_and_fp32(run_bench):
+    result = run_bench("train", *TINY_TRAIN)
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    names = [row["name"] for row in report["rows"]]
-    assert names[0].startswith("(a) reference: float32") and names[1].startswith("(b) dlcr")
+    assert [row["name"] for row in report["rows"]] == ["reference", "fp32"]
+    assert set(report["skipped"]) == {"fp16", "bf16"} and "CUDA-only" in report["skipped"]["fp16"]
     for row in report["rows"]:
+        assert set(row) == ROW_FIELDS | {"images", "images_per_s"}
         assert row["images"] == 2 * 4 and row["seconds"] > 0 and row["peak_mem_gb"] is None
-    assert report["speedup"] > 0 and report["settings"]["size"] == [32, 16]
-    assert "dlcr / reference" in result.stderr
+        assert row["images_per_s"] == pytest.approx(row["images"] / row["seconds"], abs=1e-3)
+        assert (row["precision"], row["channels_last"]) == ("fp32", False)  # channels_last is CUDA-only
+    reference, fp32 = report["rows"]
+    assert reference["vs_reference"] == 1.0
+    assert fp32["vs_reference"] == pytest.approx(fp32["images_per_s"] / reference["images_per_s"], rel=1e-2)
+    assert report["speedup"] == fp32["vs_reference"] and report["fastest"] == "fp32"
+    assert report["unit"] == "images" and report["settings"]["size"] == [32, 16] and not report["settings"]["video"]
+    assert report["model"]["head"] == "image" and report["model"]["dim"] == 2 * 256  # max + average pool
+    assert report["model"]["label_smoothing"] == 0.1 and "cudnn.conv" in report["float32"]
+    assert "dlcr / reference" in result.stderr and "skipped fp16, bf16: autocast rows are CUDA-only" in result.stderr
+
+
+def test_train_bench_video_times_clips_through_the_video_head(run_bench, monkeypatch):
+    from dlcr_cli.reid.model import SmallNet
+
+    seen: list[tuple[int, ...]] = []
+    forward = SmallNet.forward
+    monkeypatch.setattr(SmallNet, "forward", lambda self, x: seen.append(tuple(x.shape)) or forward(self, x))
+    result = run_bench("train", "--video", "--frames", "2", *TINY_TRAIN)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["unit"] == "clips" and report["settings"]["video"] is True and report["settings"]["frames"] == 2
+    assert [row["name"] for row in report["rows"]] == ["reference", "fp32"]
+    for row in report["rows"]:
+        assert set(row) == ROW_FIELDS | {"clips", "frames", "clips_per_s", "frames_per_s"}
+        assert row["clips"] == 2 * 4 and row["frames"] == 2 * row["clips"]  # 2 steps of 2x2 clips, 2 frames each
+        assert row["clips_per_s"] == pytest.approx(row["clips"] / row["seconds"], abs=1e-3)
+        assert row["frames_per_s"] == pytest.approx(row["frames"] / row["seconds"], abs=1e-3)
+    # CAL's c2dres50: C-d (no 2C concatenation), no label smoothing; every frame through the backbone
+    assert report["model"]["head"] == "video" and report["model"]["dim"] == 256
+    assert report["model"]["label_smoothing"] == 0.0
+    assert seen and set(seen) == {(4 * 2, 3, 32, 16)}
+    assert "clips/s" in result.stderr and "frames/s" in result.stderr and "clips of 2 frames" in result.stderr
+
+
+def test_train_bench_video_defaults_are_cals_video_recipe_and_explicit_values_win(run_bench, monkeypatch):
+    from dlcr_cli.bench import train as bench_train
+
+    settings = []
+    monkeypatch.setattr(bench_train, "run_train_bench", lambda s, device: settings.append(s) or {})
+    monkeypatch.setattr(bench_train, "print_report", lambda report: None)
+    for args in (("--video",), ("--video", "--size", "64x32", "--batch", "4x2", "--frames", "3"), ()):
+        result = run_bench("train", "--arch", "small", *args)
+        assert result.code == 0, result.stderr
+    video, explicit, image = settings
+    assert (video.size, video.ids, video.images_per_id, video.frames, video.video) == ((256, 128), 16, 4, 8, True)
+    assert (explicit.size, explicit.ids, explicit.images_per_id, explicit.frames) == ((64, 32), 4, 2, 3)
+    assert (image.size, image.ids, image.images_per_id, image.frames, image.video) == ((384, 192), 8, 8, None, False)
+
+
+def test_train_bench_video_batches_are_clips_and_rows_share_them():
+    from dlcr_cli.bench.train import TrainBenchSettings, make_batches
+
+    s = TrainBenchSettings(arch="small", video=True, frames=3, ids=2, images_per_id=2, size=(32, 16))
+    batches = make_batches(s, 6, pin=False)
+    assert len(batches) == 6 and all(tuple(b.images.shape) == (4, 3, 3, 32, 16) for b in batches)
+    assert all(len(b.pids) == len(b.clothes) == 4 for b in batches)  # one label per clip, not per frame
+    again = make_batches(s, 6, pin=False)
+    assert all(torch.equal(a.images, b.images) for a, b in zip(batches, again))  # seeded: every row the same
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--video", "--frames", "0"), "--frames must be positive"),
+    (("--frames", "4"), "add --video"),
+])
+def test_train_bench_bad_frames_is_a_one_line_usage_error(run_bench, args, message):
+    result = run_bench("train", "--arch", "small", *args)
+    assert result.code == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_train_bench_bad_batch(run_bench):
@@ -298,6 +369,10 @@ def test_train_bench_model_is_resnet50_with_last_stride_1():
     assert backbone_params == pytest.approx(23.5e6, rel=0.01)  # ResNet-50 without its classifier
     assert tuple(fmap.shape) == (2, 2048, 24, 12)  # output stride 16: the last stage keeps its size
     assert tuple(embedding.shape) == (2, 4096) and model.spec["last_stride_1"] is True
+    with meta:
+        video = build_resnet50_reid(meta, head="video")
+        clips = video(torch.zeros(2, 3, 3, 256, 128))
+    assert tuple(clips.shape) == (2, 2048) and video.spec["head"] == "video" and video.dim == 2048
 
 
 # --- dlcr bench startup, describe, all ----------------------------------------------------------
@@ -335,14 +410,20 @@ def test_all_runs_what_a_cpu_can_and_says_what_it_skipped(run_bench, monkeypatch
         lambda arch, **_: small_inpaint(arch, images=5, batch_size=5, steps=1, size=(16, 8))))
     train_settings = bench_train.TrainBenchSettings
     monkeypatch.setattr(bench_train, "TrainBenchSettings", lambda **kw: train_settings(
-        **{**kw, "size": (32, 16), "ids": 2, "images_per_id": 2, "steps": 1, "warmup": 0}))
+        **{**kw, "size": (32, 16), "ids": 2, "images_per_id": 2, "steps": 1, "warmup": 0,
+           **({"frames": 2} if kw.get("video") else {})}))
     digests_bench = bench_digests.run_digests_bench
     monkeypatch.setattr(bench_digests, "run_digests_bench", lambda files, **kw: digests_bench(50, 10))
     result = run_bench("all", "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report["ran"]) == {"startup", "describe colors", "digests", "evaluate", "inpaint tiny", "train small"}
-    assert set(report["skipped"]) == {"describe vlm", "inpaint sd15", "train resnet50"}
+    assert set(report["ran"]) == {"startup", "describe colors", "digests", "evaluate", "inpaint tiny", "train small",
+                                  "train video small"}
+    assert set(report["skipped"]) == {"describe vlm", "inpaint sd15", "train resnet50", "train video resnet50"}
+    image, video = report["ran"]["train small"], report["ran"]["train video small"]
+    assert (image["unit"], image["model"]["head"]) == ("images", "image")
+    assert (video["unit"], video["model"]["head"], video["settings"]["frames"]) == ("clips", "video", 2)
+    assert video["rows"][0]["frames"] == 2 * video["rows"][0]["clips"]
     assert "needs CUDA" in report["skipped"]["inpaint sd15"] and report["ran"]["evaluate"]["agree"] is True
 
 

@@ -140,34 +140,59 @@ def train(
     ctx: typer.Context,
     arch: Annotated[TrainArch, typer.Option(
         help="resnet50: microsoft/resnet-50's architecture (random weights); small: builtin:small.")] = TrainArch.resnet50,
-    batch: Annotated[str, typer.Option(help="PxK: identities x images per identity.")] = "8x8",
-    size: Annotated[str, typer.Option(help="HEIGHTxWIDTH of the training images.")] = "384x192",
+    video: Annotated[bool, typer.Option(
+        "--video", help="The video model (CAL's c2dres50: every frame through the backbone, max pool, mean over "
+                        "the frames) on clips, at CAL's video recipe; reports clips/s and frames/s.")] = False,
+    frames: Annotated[Optional[int], typer.Option(
+        show_default=False, help="Frames per clip, with --video.  \\[default: 8]")] = None,
+    batch: Annotated[Optional[str], typer.Option(
+        show_default=False, help="PxK: identities x images (clips) per identity.  \\[default: 8x8; --video 16x4]")] = None,
+    size: Annotated[Optional[str], typer.Option(
+        show_default=False, help="HEIGHTxWIDTH of the images (frames).  \\[default: 384x192; --video 256x128]")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Timed steps per row.")] = 10,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")] = False,
 ) -> None:
-    """Images/s of a CAL training step: the reference's float32 next to dlcr's path.
+    """Images/s (clips/s) of a CAL training step: the reference's float32 next to each precision dlcr trains in.
 
-    ResNet-50 (the architecture of microsoft/resnet-50, last stride 1, random weights) at
-    384x192 with PK batches of 8 x 8, the whole step from epoch 25 on (identity loss, the
-    clothes classifier's update, the CAL loss, both Adam optimizers): (a) float32 and NCHW as
-    the reference trains; (b) dlcr: bfloat16 autocast and channels_last on CUDA (on a CPU the
-    same float32 arithmetic). Both rows time the same batches after a warm-up.
+    ResNet-50 (the architecture of microsoft/resnet-50, last stride 1, random weights), the
+    whole step from the clothes epoch on (identity loss, the clothes classifier's update, the
+    CAL loss, both Adam optimizers), on random PK batches (page-locked on CUDA, as the loader
+    hands them over). Images: the image head at 384x192, batches of 8 x 8. `--video`: CAL's
+    c2dres50 on clips of `--frames` frames at 256x128, batches of 16 x 4 clips, label
+    smoothing 0 (an explicit `--size` or `--batch` wins).
+
+    Rows, each timed on the same batches after a warm-up: **reference** (fp32, NCHW, as CAL
+    trains); **fp32** (dlcr's default, CAL's precision; channels_last on CUDA); **fp16**
+    (autocast + GradScaler, channels_last: CAL's --amp, dlcr's default for LaST and
+    DeepChange); **bf16** (autocast, channels_last). fp16 and bf16 are CUDA-only: on a CPU
+    they are skipped with the reason, and fp32 is the reference's arithmetic and layout.
+
+    The table goes to stderr; `--json` prints {device, settings, unit ("images" or "clips"),
+    model {backbone, head, dim, last_stride_1, label_smoothing}, float32 (how float32 convs
+    and matmuls ran), rows, skipped {row: why}, speedup, fastest} on stdout, each row
+    {name, precision, channels_last, images | clips, frames (video: clips x T), seconds,
+    images_per_s | clips_per_s, frames_per_s (video), peak_mem_gb (GiB, null without a GPU),
+    vs_reference (its per-second figure over the reference's)}; speedup is the fastest dlcr
+    row's vs_reference, fastest its name.
 
     Examples:
 
         dlcr --device cuda bench train
 
-        dlcr --device cuda bench train --batch 16x4 --json > bench-train.json
+        dlcr --device cuda bench train --video
+
+        dlcr --device cuda bench train --video --frames 4 --batch 8x4 --json > bench-train-video.json
 
         dlcr --device cpu bench train --arch small --size 128x64 --steps 5
     """
     from dlcr_cli.bench.train import TrainBenchSettings, print_report, run_train_bench
     from dlcr_cli.runtime import resolve_device
 
-    p, k = parse_pk(batch)
-    settings = TrainBenchSettings(arch=arch.value, ids=p, images_per_id=k, size=parse_size(size, "--size"),
-                                  steps=steps, warmup=warmup)
+    p, k = parse_pk(batch) if batch else (None, None)
+    settings = TrainBenchSettings(arch=arch.value, ids=p, images_per_id=k,
+                                  size=parse_size(size, "--size") if size else None, steps=steps, warmup=warmup,
+                                  video=video, frames=frames)
     settings.check()
     device = resolve_device(state(ctx).device or "auto")
     report = run_train_bench(settings, device)
@@ -303,8 +328,9 @@ def all_(
     """Every measurement this machine can run, at its default size, and what it skipped and why.
 
     On a CPU: startup, describe (colours), digests (20,000 files), evaluate (MSMT17's size,
-    reference included when the memory allows), inpaint with the tiny pipeline (the code path) and train with
-    builtin:small; SD-1.5 inpainting and ResNet-50 training need CUDA.
+    reference included when the memory allows), inpaint with the tiny pipeline (the code path) and train
+    (images, then video clips) with builtin:small; SD-1.5 inpainting and ResNet-50 training need CUDA.
+    On CUDA: train is `bench train` and `bench train --video` at their defaults.
 
     Examples:
 
@@ -347,11 +373,19 @@ def all_(
         skipped["inpaint sd15"] = "needs CUDA (the tiny pipeline ran instead, to check the code path)"
     ran[f"inpaint {arch}"] = run_inpaint_bench(BenchSettings.for_arch(arch), bench_device(arch, str(device)))
     print_inpaint(ran[f"inpaint {arch}"])
-    train = TrainBenchSettings() if cuda else TrainBenchSettings(arch="small", size=(128, 64), steps=5, warmup=1)
-    if not cuda:
-        skipped["train resnet50"] = "minutes per step without CUDA (builtin:small at 128x64 ran instead)"
-    ran[f"train {train.arch}"] = run_train_bench(train, device)
-    print_train(ran[f"train {train.arch}"])
+    for video in (False, True):  # images at CAL's image recipe, then clips at its video one
+        kind = "train video" if video else "train"
+        if cuda:
+            train = TrainBenchSettings(video=video)
+        else:
+            train = TrainBenchSettings(arch="small", size=(64, 32), ids=4, images_per_id=2, frames=4, steps=2, warmup=1,
+                                       video=True) if video else \
+                TrainBenchSettings(arch="small", size=(128, 64), steps=5, warmup=1)
+            skipped[f"{kind} resnet50"] = ("minutes per step without CUDA (builtin:small on clips of 4 frames at 64x32 "
+                                           "ran instead)" if video else
+                                           "minutes per step without CUDA (builtin:small at 128x64 ran instead)")
+        ran[f"{kind} {train.arch}"] = run_train_bench(train, device)
+        print_train(ran[f"{kind} {train.arch}"])
     for name, why in skipped.items():
         log.info("bench all: skipped %s: %s", name, why)
     report = {"device": device_label(device), "torch": torch.__version__, "ran": ran, "skipped": skipped}
