@@ -223,7 +223,7 @@ def test_clip_train_transform_one_flip_for_the_whole_clip():
     size = (32, 16)
     frame = _asymmetric_frame()
     transform = ClipTrainTransform(size)
-    plain = normalize(resize(frame, size))
+    plain = normalize(resize(frame, size, "bicubic"))
     flipped_seen = unflipped_seen = False
     for seed in range(40):
         clip = transform([frame.clone() for _ in range(6)], torch.Generator().manual_seed(seed))
@@ -241,7 +241,7 @@ def test_clip_train_transform_values_for_unflipped_draw():
     size = (24, 12)
     rng = np.random.default_rng(0)
     frames = [torch.from_numpy(rng.integers(0, 256, (3, 50, 25), dtype=np.uint8)) for _ in range(4)]
-    expected = torch.stack([normalize(resize(f, size)) for f in frames])
+    expected = torch.stack([normalize(resize(f, size, "bicubic")) for f in frames])
     transform = ClipTrainTransform(size)
     results = {}
     for seed in range(20):
@@ -267,7 +267,7 @@ def test_clip_test_transform_is_per_frame_resize_normalize():
     frames = [torch.from_numpy(rng.integers(0, 256, (3, 50, 25), dtype=np.uint8)) for _ in range(5)]
     clip = clip_test_transform(size)(frames)
     assert clip.shape == (5, 3, *size)
-    expected = torch.stack([normalize(resize(f, size)) for f in frames])
+    expected = torch.stack([normalize(resize(f, size, "bicubic")) for f in frames])
     assert torch.allclose(clip, expected, atol=1e-6)
     # deterministic: no flip ever
     assert torch.equal(clip, clip_test_transform(size)(frames))

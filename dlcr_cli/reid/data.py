@@ -8,7 +8,7 @@ returns `ReidData`, as the reference code's (CAL) dataset classes do:
 - query / gallery: the original integer pids (string pids are numbered jointly over both
   sides, in sorted order); clothing ids numbered jointly over both sides, so one outfit has
   one number on either side, which is what the sc / cc modes compare.
-- settings: the evaluation settings of the dataset's protocol (SPEC "evaluate: the
+- settings: the evaluation settings of the dataset's protocol (docs/method.md, "Evaluation: the
   protocols"; CAL test.py), each a mode and the query / gallery indices it evaluates:
 
   | protocol          | settings: mode                     | queries            | gallery        |
@@ -73,7 +73,7 @@ class EvalSetting:
 
     name: str
     mode: str
-    """standard | sc | cc (SPEC: which same-pid gallery entries are good and which junk)."""
+    """standard | sc | cc (docs/method.md: which same-pid gallery entries are good and which junk)."""
     query: np.ndarray
     """Indices into ReidData.query (int64)."""
     gallery: np.ndarray

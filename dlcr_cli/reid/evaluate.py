@@ -151,7 +151,7 @@ def _queries_to_show(query: Labels, gallery: Labels, mode: str, count: int) -> l
 
 
 def _statuses(query: Labels, gallery: Labels, i: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """good and junk masks over the gallery for query i (SPEC's rules)."""
+    """good and junk masks over the gallery for query i (the protocol's rules)."""
     same_pid = gallery.pids == query.pids[i]
     return good_and_junk(mode, same_pid, gallery.camids == query.camids[i], gallery.clothes == query.clothes[i])
 

@@ -1,4 +1,4 @@
-"""CAL's classifiers and losses (SPEC "train: CAL with generated data"; Simple-CCReID `losses/`).
+"""CAL's classifiers and losses (docs/method.md, "the image recipe"; Simple-CCReID `losses/`).
 
 How a training step wires them (the reference's `train_cal`), with `features = model(images)`:
 
@@ -86,7 +86,7 @@ def positive_mask(pid2clothes: torch.Tensor, pids: torch.Tensor) -> torch.Tensor
 
 def cal_loss(logits_cos: torch.Tensor, clothes: torch.Tensor, pos_mask: torch.Tensor, s: float = SCALE,
              eps: float = EPSILON) -> torch.Tensor:
-    """The clothes-based adversarial loss (SPEC):
+    """The clothes-based adversarial loss:
 
     log p_ij = s z_j - log(exp(s z_j) + sum_{k not in S+(i)} exp(s z_k))
     q_ij = (1 - eps) [j = c_i] + eps / |S+(i)| [j in S+(i)]

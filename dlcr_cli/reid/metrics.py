@@ -1,6 +1,6 @@
 """Re-ID evaluation: CMC, mAP and mINP under the standard, clothes-changing and same-clothes protocols.
 
-Two implementations of one protocol (SPEC.md, "evaluate: the protocols"):
+Two implementations of one protocol (docs/method.md, "Evaluation: the protocols"):
 
 - `evaluate_reference`: the field's plain per-query NumPy loop (CAL / fast-reid `eval_func`) on a full
   distance matrix. Readable, O(Q x G) memory; it checks the fast path and is what `dlcr bench` compares to.

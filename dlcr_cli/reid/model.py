@@ -8,7 +8,7 @@ Backbones:
 - transformers vision backbones, by hub id or local folder (safetensors only, no remote code),
   built with the architecture's backbone class (`AutoBackbone`'s mapping), whose last feature
   map is pooled. ResNet (`microsoft/resnet-50`, the default, and the other microsoft/resnet-*)
-  gets the last stage's stride set to 1 (SPEC), as CAL does to torchvision's layer4: its first
+  gets the last stage's stride set to 1, as CAL does to torchvision's layer4: its first
   block's strided convolution and its shortcut. Other architectures of the mapping give their
   last feature map at their own output stride (checked on tiny configs: ConvNeXt and ConvNeXt
   V2, e.g. `facebook/convnext-tiny-224`, whose 2x2 patch-merging convolution cannot take stride
@@ -345,7 +345,7 @@ def _images_of(batch: Any) -> torch.Tensor:
 def extract_features(model: nn.Module, batches: Iterable[Any], flip: bool = True, *, precision: str = "fp32",
                      normalize: bool = True) -> torch.Tensor:
     """N x D float32 CPU features: embedding(image) + embedding(its mirror image) with `flip`
-    (SPEC evaluate; CAL's extract_img_feature), L2-normalised with `normalize` (video clips
+    (CAL's extract_img_feature), L2-normalised with `normalize` (video clips
     are not: CAL averages a tracklet's raw clip features, then normalises). `batches`:
     normalised B x 3 x H x W images or B x T x 3 x H x W clips, or a loader whose batches hold
     them (see `_images_of`). `precision`: fp32, or fp16 / bf16 autocast. The model runs in eval

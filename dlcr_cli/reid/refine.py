@@ -1,4 +1,4 @@
-"""Test-time prediction refinement (SPEC "refine"): each query's ranking revised with the
+"""Test-time prediction refinement (docs/method.md, "Refinement"): each query's ranking revised with the
 rankings of K clothes-changed variants of the query.
 
 With s_k = 1 + cos(q_k, g) for the original query (k = 0) and its variants (k = 1..K):

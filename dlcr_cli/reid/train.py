@@ -1,8 +1,8 @@
-"""The training engine of `dlcr train`: CAL on real + generated images (SPEC "train").
+"""The training engine of `dlcr train`: CAL on real + generated images or clips (docs/method.md, stage 2).
 
-One step, with B real images of the PK batch and, when generated data is given, one variant
-of the same source image per real image (independently augmented; images without variants
-bring none):
+One step, with the real items of CAL's batch (images, or clips of tracklets for the video
+model) and, when generated data is given, one variant of each (the same source image; for a
+clip, the same frames' variant k) independently augmented; items without variants bring none:
 
     features = model(real + generated)
     identity loss (+ triplet) on all of them;
@@ -10,23 +10,27 @@ bring none):
     own optimizer, then the CAL loss of the real features joins the backbone's loss.
 
 `loss = "ce"` trains the identity baseline alone. The wiring, optimizers and schedule are
-those of losses.py's docstring.
+those of losses.py's docstring; unset settings take CAL's image or video recipe
+(`resolve_for_data`).
 
-Determinism: the model's init comes from `seed`; the PK plan from (seed, epoch); each image's
-augmentation and variant draw from (seed, epoch, index, view). Nothing depends on the
-worker count or on where a run was interrupted, so `--resume` from the state of the last
-finished epoch gives what an uninterrupted run gives (bit for bit on CPU).
+Determinism: the model's init comes from `seed`; the batches from (seed, epoch); each item's
+clip, augmentation and variant draw from (seed, epoch, index, view). Nothing depends on the
+worker count, the process count or on where a run was interrupted, so `--resume` from the
+state of the last finished epoch gives what an uninterrupted run gives (bit for bit on CPU).
 
-Progressive learning: with e completed epochs, image i of K variants draws uniformly from its
+Progressive learning: with e completed epochs, item i of K variants draws uniformly from its
 first max(1, floor(K p(e))) variants, p(e) the fraction of the first threshold e does not
 exceed (0.25 up to 5 epochs, 0.5 up to 10, 0.75 up to 15, then 1).
 
-Run folder: model.safetensors + model.json (the model `dlcr evaluate` loads, written after
-every epoch), settings.json, metrics.jsonl (one line per epoch, plus evaluations), and
-state/training.safetensors (weights and both optimizers' tensors, with the epoch, the
-schedule and the optimizers' settings as JSON in its metadata: one atomic file for `--resume`,
-no pickle). Several processes (`accelerate launch -m dlcr_cli train`): each draws its share of
-the PK batches, gradients are averaged (DDP); only the main process logs and writes.
+Run folder: model.safetensors + model.json (the last epoch's model, written after every
+epoch), best/ (with keep best: the model of the evaluated epoch with the best rank-1 of the
+selected setting, and metrics.json: CAL's reporting protocol), settings.json, metrics.jsonl
+(one line per epoch, plus evaluations and their selection), and state/training.safetensors
+(weights, both optimizers' tensors, the loss scaler, with the epoch, the schedule, the
+optimizers' settings and the best epoch as JSON in its metadata: one atomic file for
+`--resume`, no pickle). Several processes (`accelerate launch -m dlcr_cli train`): each takes
+its chunks of every global batch, gradients are averaged (DDP); only the main process logs,
+evaluates and writes.
 """
 
 from __future__ import annotations

@@ -54,13 +54,17 @@ def to_float(image: torch.Tensor) -> torch.Tensor:
     return image.float().div_(255) if image.dtype == torch.uint8 else image
 
 
-def resize(image: torch.Tensor, size: Size) -> torch.Tensor:
-    """Bilinear, antialiased resize of a C x H x W or B x C x H x W image to `size` (H, W), as float."""
+def resize(image: torch.Tensor, size: Size, mode: str = "bilinear") -> torch.Tensor:
+    """Antialiased resize of a C x H x W or B x C x H x W image to `size` (H, W), as float:
+    bilinear (CAL's image pipeline) or bicubic (its video pipeline), clamped to 0..1 as PIL's
+    uint8 result is (bicubic overshoots at edges)."""
     image = to_float(image)
     if tuple(image.shape[-2:]) == tuple(size):
         return image
     batch = image if image.dim() == 4 else image.unsqueeze(0)
-    out = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
+    out = F.interpolate(batch, size=size, mode=mode, align_corners=False, antialias=True)
+    if mode == "bicubic":
+        out = out.clamp_(0, 1)
     return out if image.dim() == 4 else out.squeeze(0)
 
 

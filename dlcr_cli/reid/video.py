@@ -16,9 +16,8 @@ SAMPLING_STRIDE 4, RE_PROB 0):
 
 Everything here works on frame indices 0..n-1 of a tracklet; the caller maps them to paths.
 Randomness comes from the generator passed in (numpy for indices, torch for the flip), never
-from global state. Deliberate difference: the reference resizes with PIL bicubic
-(`Scale(..., interpolation=3)`); here frames are resized with `transforms.resize` (bilinear,
-antialiased, on float pixels), as in the image pipeline.
+from global state. Frames are resized bicubic, as the reference's `Scale(..., interpolation=3)`
+(PIL bicubic), with torch's antialiased bicubic on float pixels, clamped to 0..1.
 """
 
 from __future__ import annotations
@@ -29,6 +28,10 @@ import numpy as np
 import torch
 
 from dlcr_cli.reid.transforms import Size, normalize, random_flip, resize
+
+
+VIDEO_RESIZE = "bicubic"
+"""CAL's video transforms resize with PIL bicubic (its image transforms: bilinear)."""
 
 
 def _check_positive(**values: int) -> None:
@@ -99,7 +102,7 @@ test_clips.__test__ = False  # a test module importing it must not collect it as
 def _stack(frames: list[torch.Tensor], size: Size) -> torch.Tensor:
     if not frames:
         raise ValueError("a clip needs at least one frame")
-    return torch.stack([resize(frame, size) for frame in frames])
+    return torch.stack([resize(frame, size, VIDEO_RESIZE) for frame in frames])
 
 
 class ClipTrainTransform:
