@@ -50,6 +50,7 @@ def test_the_whole_smoke_on_a_cpu(run_smoke, tmp_path):
     assert checks["inpaint"]["dtypes"] == {"unet": "float32", "vae": "float32", "text_encoder": "float32"}
     assert checks["inpaint"]["repeat_max_diff"] == 0 and checks["inpaint"]["split_max_diff"] <= 2
     assert {"id", "clothes", "cal"} <= set(checks["cal"]["losses"][0])
+    assert checks["cal-video"]["dim"] == 256 and {"id", "clothes", "cal"} <= set(checks["cal-video"]["losses"][0])
     assert checks["features"]["fp32_vs_bf16_max_diff"] == 0  # no autocast without CUDA: the same arithmetic
     assert checks["metrics"]["max_same_distances_diff"] == 0
     assert checks["train"]["epoch"] == 2 and checks["resume"]["metrics_epochs"] == [1, 2, 3]

@@ -541,6 +541,37 @@ def check_cal(s: Smoke) -> Outcome:
     )
 
 
+@check("cal-video", "the video model's CAL step on clips in fp16 autocast with loss scaling and channels_last")
+def check_cal_video(s: Smoke) -> Outcome:
+    """What CCVID runs (c2dres50 on B x T clips, frames flattened) in the precision CAL gives
+    LaST and DeepChange: finite losses, a finite loss scale, channels_last gradients."""
+    import torch
+
+    from dlcr_cli.bench.train import TrainBenchSettings, make_batches, make_stepper
+
+    settings = TrainBenchSettings(arch="resnet50" if s.cuda else "small", ids=2, images_per_id=2, video=True,
+                                  frames=4, size=s.sizes.cal_size)
+    precision = "fp16" if s.cuda else "fp32"
+    stepper = make_stepper(settings, s.device, precision=precision, channels_last=s.cuda)
+    losses = []
+    for batch in make_batches(settings, 2):
+        step_losses, _, _ = stepper.step(batch, clothes_on=True)
+        losses.append({k: round(float(v), 4) for k, v in step_losses.items()})
+    conv = next(m for m in stepper.modules["model"].modules() if isinstance(m, torch.nn.Conv2d))
+    grad = conv.weight.grad
+    scale = float(stepper.scaler.get_scale()) if stepper.scaler.is_enabled() else None
+    values = {"arch": settings.arch, "precision": precision, "losses": losses, "loss_scale": scale,
+              "dim": stepper.modules["model"].dim,
+              "grad_channels_last": None if grad is None else grad.is_contiguous(memory_format=torch.channels_last)}
+    return values, failures(
+        (all(_finite(*step.values()) for step in losses), f"a loss is not finite: {losses}"),
+        (all({"id", "clothes", "cal"} <= set(step) for step in losses), "the clothes and CAL losses did not run"),
+        (scale is None or (scale > 0 and _finite(scale)), f"the loss scale is {scale}"),
+        (grad is not None, "the first convolution got no gradient"),
+        (not s.cuda or values["grad_channels_last"] is True, "the first convolution's gradient is not channels_last"),
+    )
+
+
 @check("features", "feature extraction, float32 against bf16 autocast")
 def check_features(s: Smoke) -> Outcome:
     import torch
