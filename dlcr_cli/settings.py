@@ -170,6 +170,12 @@ class InpaintSettings(Section):
     """files: DIR/<rel dir>/<stem>_v<k>.png; strip: the released data's one PNG of K tiles + .txt per source."""
     workers: int = Field(4, gt=0)
     """Threads that read and write images while the model runs."""
+    discriminator: Path | None = None
+    """Discriminator guidance: a `dlcr discriminator` folder trained for this pipeline and size (unset: none)."""
+    dg_weight: float = Field(1.0, ge=0)
+    """Discriminator guidance weight (the authors': 1; 0 paints as unguided)."""
+    dg_min_t: int = Field(200, ge=0, le=1000)
+    """Guidance acts on the denoising steps with timestep t > this (of 1000; the authors': 200)."""
 
     @field_validator("size")
     @classmethod
@@ -177,6 +183,29 @@ class InpaintSettings(Section):
         if any(v <= 0 or v % 8 for v in value):
             raise ValueError(f"height and width must be positive multiples of 8, got {value[0]}x{value[1]}")
         return value
+
+
+class DiscriminatorSettings(Section):
+    """`dlcr discriminator`: the time-conditioned discriminator of discriminator guidance,
+    trained on the inpainting pipeline's latents of real (source) and generated images."""
+
+    epochs: int = Field(50, gt=0)
+    """The authors sample with their epoch-50 checkpoint (of 120)."""
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-7, ge=0)
+    batch_size: int = Field(8, gt=0)
+    """Real and generated latents per step, each (the authors': 8 + 8)."""
+    width: int = Field(128, gt=0)
+    """Channels of the encoder's first level (the authors' ADM encoder: 128)."""
+    levels: int = Field(4, gt=0)
+    """Down-sampling levels of the encoder."""
+    held_out: float = Field(0.1, gt=0, lt=1)
+    """Fraction of the pairs kept out of training to measure accuracy each epoch."""
+    seed: int = Field(0, ge=0)
+    dtype: DType = "auto"
+    """Of the VAE that encodes the images (auto: float16 on CUDA); the discriminator trains in float32."""
+    batch_encode: int = Field(16, gt=0)
+    """Images per VAE encoding batch."""
 
 
 class EvaluateSettings(Section):
@@ -315,6 +344,7 @@ class Settings(BaseSettings):
     describe: DescribeSettings = Field(default_factory=DescribeSettings)
     summarize: SummarizeSettings = Field(default_factory=SummarizeSettings)
     inpaint: InpaintSettings = Field(default_factory=InpaintSettings)
+    discriminator: DiscriminatorSettings = Field(default_factory=DiscriminatorSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     evaluate: EvaluateSettings = Field(default_factory=EvaluateSettings)
     refine: RefineSettings = Field(default_factory=RefineSettings)
