@@ -29,7 +29,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 """Names that stand for several labels in a mask policy."""
 
 DEFAULT_KEEP = ("background", "hat", "hair", "face", "arms", "legs")
-"""SPEC.md: identity and background are kept; every other label is repainted."""
+"""docs/method.md (mask): identity and background are kept; every other label is repainted."""
 
 _ALIASES = {"upperclothes": "upper-clothes", "jumpsuit": "jumpsuits", "gloves": "glove"}
 

@@ -1,4 +1,4 @@
-"""describe: one clothing description per image (SPEC.md, stage 1).
+"""describe: one clothing description per image (docs/method.md, stage 1).
 
 Two describers: a vision-language model asked the paper's question (`vlm`), and the
 weight-free `colors`, which names the dominant colour of each garment in the record's

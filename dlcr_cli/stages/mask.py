@@ -1,4 +1,4 @@
-"""mask: human parsing -> the ID-preserving clothing mask (SPEC.md, stage 1).
+"""mask: human parsing -> the ID-preserving clothing mask (docs/method.md, stage 1).
 
 A parser gives each image a label map (LIP or ATR ids); the policy keeps identity and
 background (hat, hair, face, arms, legs) and marks every other label for repainting (255).

@@ -1,4 +1,4 @@
-"""summarize: one inpainting prompt per clothing id (SPEC.md, stage 1).
+"""summarize: one inpainting prompt per clothing id (docs/method.md, stage 1).
 
 All records are read first and grouped by clothing id. A summarizer turns each id's
 descriptions into clothing items: an LLM asked the paper's instruction about the first 200
