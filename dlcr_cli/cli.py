@@ -20,6 +20,7 @@ from dlcr_cli.commands import completion as completion_cmd
 from dlcr_cli.commands import config as config_cmd
 from dlcr_cli.commands import demo as demo_cmd
 from dlcr_cli.commands import describe as describe_cmd
+from dlcr_cli.commands import discriminator as discriminator_cmd
 from dlcr_cli.commands import evaluate as evaluate_cmd
 from dlcr_cli.commands import expand as expand_cmd
 from dlcr_cli.commands import inpaint as inpaint_cmd
@@ -125,6 +126,7 @@ app.command("mask", no_args_is_help=True)(mask_cmd.mask)
 app.command("describe", no_args_is_help=True)(describe_cmd.describe)
 app.command("summarize", no_args_is_help=True)(summarize_cmd.summarize)
 app.command("inpaint", no_args_is_help=True)(inpaint_cmd.inpaint)
+app.command("discriminator", no_args_is_help=True)(discriminator_cmd.discriminator)
 app.command("expand", no_args_is_help=True)(expand_cmd.expand)
 app.command("train", no_args_is_help=True)(train_cmd.train)
 app.command("evaluate", no_args_is_help=True)(evaluate_cmd.evaluate)

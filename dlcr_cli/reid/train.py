@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from dlcr_cli.console import log, progress
@@ -61,7 +60,7 @@ from dlcr_cli.reid.losses import (
     positive_mask,
     triplet_loss,
 )
-from dlcr_cli.reid.model import ReidModel, save_checkpoint, write_safetensors
+from dlcr_cli.reid.model import ReidModel, save_checkpoint
 
 if TYPE_CHECKING:
     from dlcr_cli.settings import TrainSettings
@@ -435,26 +434,15 @@ class Trainer:
                 "optimizer": self.opt, "clothes_optimizer": self.opt_cc}
 
     def save_state(self, epoch: int) -> None:
-        """out/state: every tensor in one safetensors file, the rest in JSON (written last)."""
-        tensors: dict[str, torch.Tensor] = {}
+        """out/state: every tensor in one safetensors file, the rest in JSON (dlcr_cli.state)."""
+        from dlcr_cli.state import write_state
+
         # The scheduler's own state holds a Counter of milestones that JSON cannot round-trip;
         # its milestones come from the settings, so its position is all there is to keep.
         schedule = {"last_epoch": self.scheduler.last_epoch, "last_lr": self.scheduler.get_last_lr()}
-        meta: dict[str, Any] = {"epoch": epoch, "scheduler": schedule, "optimizers": {},
-                                "scaler": self.stepper.scaler.state_dict(), "best": self.best}
-        for name, obj in self.modules_and_optimizers().items():
-            state = obj.state_dict()
-            if isinstance(obj, torch.optim.Optimizer):
-                meta["optimizers"][name] = {"param_groups": state["param_groups"],
-                                            "state": {str(i): sorted(v) for i, v in state["state"].items()}}
-                for i, values in state["state"].items():
-                    tensors.update({f"{name}/{i}/{key}": torch.as_tensor(value) for key, value in values.items()})
-            else:
-                tensors.update({f"{name}/{key}": value for key, value in state.items()})
-        # One file, tensors and the rest (as JSON in its metadata), replaced atomically: a run
-        # killed while saving resumes from the previous epoch's state, never from half of each.
-        # One metadata key: safetensors writes several in a per-process random order.
-        write_safetensors(self.out / STATE_FILE, tensors, metadata={"training": json.dumps(meta)})
+        write_state(self.out / STATE_FILE, self.modules_and_optimizers(),
+                    {"epoch": epoch, "scheduler": schedule, "scaler": self.stepper.scaler.state_dict(),
+                     "best": self.best})
 
     def load_state(self) -> int:
         """Restore out/state; returns the epochs it had finished. A state that does not fit
@@ -480,16 +468,13 @@ class Trainer:
             return None
 
     def _restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        for name, obj in self.modules_and_optimizers().items():
+        from dlcr_cli.state import restore_state
+
+        objects = self.modules_and_optimizers()
+        restore_state(objects, meta, tensors)
+        for obj in objects.values():
             if isinstance(obj, torch.optim.Optimizer):
-                saved = meta["optimizers"][name]
-                state = {int(i): {key: tensors[f"{name}/{i}/{key}"] for key in keys}
-                         for i, keys in saved["state"].items()}
-                obj.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
                 match_parameter_layouts(obj)
-            else:
-                prefix = f"{name}/"
-                obj.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         self.scheduler.last_epoch = int(meta["scheduler"]["last_epoch"])
         self.scheduler._last_lr = list(meta["scheduler"]["last_lr"])
         if meta.get("scaler"):
@@ -734,16 +719,14 @@ def match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
 def read_state(out: Path, tensors: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The training state of the run in `out`: (its JSON part, its tensors, unless `tensors`
     is false). Safetensors only: nothing is unpickled."""
-    from safetensors import SafetensorError, safe_open
+    from dlcr_cli import state
 
     path = out / STATE_FILE
     if not path.is_file():
         raise InputMissing(f"nothing to resume in {out}: no {STATE_FILE} (start without --resume)")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["training"])
-        return meta, load_file(path, device="cpu") if tensors else {}
-    except (SafetensorError, KeyError, ValueError, OSError) as err:
+        return state.read_state(path, tensors)
+    except (ValueError, OSError) as err:
         raise MalformedInput(f"{path}: unreadable training state ({err})") from None
 
 
