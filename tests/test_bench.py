@@ -68,6 +68,30 @@ def test_tiny_run_end_to_end(run_bench, tmp_path):
     assert type(pipe.scheduler).__name__ == "PNDMScheduler"
 
 
+def test_tiny_run_with_discriminator_guidance(run_bench, tmp_path):
+    """(e): (b)'s painter guided by a random-init discriminator of the default architecture, its
+    seconds per image next to (b)'s and their ratio."""
+    result = run_bench("inpaint", "--arch", "tiny", "--images", "5", "--batch-size", "5", "--steps", "2",
+                       "--size", "16x8", "--discriminator", "--json", "--work-dir", tmp_path)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = [row["name"] for row in report["rows"]]
+    assert len(names) == 3 and names[1].startswith("(b) dlcr")
+    assert names[2] == "(e) dlcr + discriminator guidance, batch 5"
+    guided = report["guidance"]
+    assert guided["discriminator"] == "dlcr_cli.discriminator.Discriminator(width=128, levels=4), random init"
+    assert (guided["dg_weight"], guided["dg_min_t"]) == (1.0, 200)
+    assert guided["unet_calls_per_image"] == 3 and guided["guided_unet_calls_per_image"] == 1  # PNDM: 501, 1, 1
+    plain, steered = report["rows"][1], report["rows"][2]
+    assert guided["unguided_s_per_image"] == pytest.approx(plain["seconds"] / plain["images"], rel=1e-2)
+    assert guided["guided_s_per_image"] == pytest.approx(steered["seconds"] / steered["images"], rel=1e-2)
+    assert guided["ratio"] == pytest.approx(guided["guided_s_per_image"] / guided["unguided_s_per_image"], rel=1e-2)
+    assert "discriminator guidance (weight 1, t > 200)" in result.stderr and "s/image guided" in result.stderr
+    assert len(sorted((tmp_path / "out" / "dlcr-dg").rglob("*.png"))) == 5
+    no_dg = run_bench("inpaint", *SMALL, "--json", "--work-dir", tmp_path)
+    assert no_dg.code == 0 and "guidance" not in json.loads(no_dg.stdout)
+
+
 def test_sd15_without_a_gpu_is_unavailable(run_bench, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     result = run_bench("inpaint", "--work-dir", tmp_path)

@@ -195,13 +195,15 @@ def unet_flops(config: Mapping[str, Any], latent: tuple[int, int], batch: int = 
     return count_flops(lambda: unet(sample, timestep, encoder_hidden_states=context))
 
 
-def unet_calls(scheduler: Any, steps: int, strength: float) -> int:
+def unet_calls(scheduler: Any, steps: int, strength: float, above: int | None = None) -> int:
     """UNet forwards per image: the timesteps the pipeline walks at `strength` (PNDM without
-    its PRK warm-up walks steps + 1)."""
+    its PRK warm-up walks steps + 1); with `above`, only those with t > above (the steps
+    discriminator guidance acts on)."""
     fresh = type(scheduler).from_config(scheduler.config)
     fresh.set_timesteps(steps)
     start = max(steps - min(int(steps * strength), steps), 0)
-    return len(fresh.timesteps[start * fresh.order:])
+    walked = fresh.timesteps[start * fresh.order:]
+    return len(walked) if above is None else int((walked > above).sum())
 
 
 # --- the inputs -----------------------------------------------------------------------------
@@ -259,6 +261,8 @@ class BenchSettings:
     """K: the authors' script's hard-coded 5 targets per source, one pipeline call each."""
     compile: bool = False
     dpm: bool = False
+    discriminator: bool = False
+    """Add a row: dlcr's painter with discriminator guidance (a random-init discriminator)."""
     seed: int = 0
 
     @classmethod
@@ -318,7 +322,8 @@ def run_inpaint_bench(settings: BenchSettings, device: torch.device, work: Path 
         peak = matmul_peak_flops(device)
         reference, forward_flops, scheduler = _reference_row(s, model, device, dtype, plan)
         free_device_memory(device)
-        rows = [reference, *_dlcr_rows(s, model, device, dtype, plan, forward_flops)]
+        dlcr_rows, guided = _dlcr_rows(s, model, device, dtype, plan, forward_flops)
+        rows = [reference, *dlcr_rows]
     return {
         "device": device_label(device), "arch": s.arch,
         "settings": {**asdict(s), "size": list(s.size), "sources": len(sources), "scheduler": scheduler,
@@ -327,6 +332,7 @@ def run_inpaint_bench(settings: BenchSettings, device: torch.device, work: Path 
         "speedup": round(rows[1].images_per_s / rows[0].images_per_s, 4) if rows[0].images_per_s else None,
         "unet_gflop_per_forward": round(forward_flops / 1e9, 3),
         "peak_bf16_tflops": None if peak is None else round(peak / 1e12, 2),
+        **({"guidance": guided} if guided else {}),
     }  # fmt: skip
 
 
@@ -357,16 +363,21 @@ def _reference_row(s: BenchSettings, model: Path, device: torch.device, dtype: A
 
 
 def _dlcr_rows(s: BenchSettings, model: Path, device: torch.device, dtype: Any, plan: Any,
-               forward: int) -> list[Row]:
+               forward: int) -> tuple[list[Row], dict[str, Any] | None]:
+    """dlcr's rows, and with `s.discriminator` the cost of guidance: (b) against (e)."""
     from dlcr_cli.stages.inpaint import DiffusionPainter
 
     dpm_steps = -(-s.steps // 2)
-    variants = [(f"(b) dlcr, batch {s.batch_size}", "dlcr", {})]
+    variants: list[tuple[str, str, dict[str, Any]]] = [(f"(b) dlcr, batch {s.batch_size}", "dlcr", {})]
     if s.compile:
         variants.append((f"(c) dlcr compiled, batch {s.batch_size}", "dlcr-compile", {"compile": True}))
     if s.dpm:  # fewer steps of another sampler: faster, but not the paper's images
         variants.append((f"(d) dlcr, dpm {dpm_steps} steps: other quality", "dlcr-dpm",
                          {"scheduler": "dpm", "steps": dpm_steps}))
+    described = None
+    if s.discriminator:  # (b)'s painter, guided: the same pipeline, steps and batches
+        dg, described = bench_guidance(device)
+        variants.append((f"(e) dlcr + discriminator guidance, batch {s.batch_size}", "dlcr-dg", {"dg": dg}))
     rows = []
     for name, slug, extra in variants:
         options = {"scheduler": "default", "steps": s.steps, "compile": False, **extra}
@@ -379,7 +390,92 @@ def _dlcr_rows(s: BenchSettings, model: Path, device: torch.device, dtype: Any, 
         row.flops_per_image = forward * unet_calls(painter.pipe.scheduler, options["steps"], s.strength)
         _log_row(row)
         rows.append(row)
-    return rows
+    if described is None:
+        return rows, None
+    unguided, guided = rows[0], rows[-1]
+    plain_s, guided_s = unguided.seconds / unguided.images, guided.seconds / guided.images
+    scheduler = painter.pipe.scheduler  # the last row's: (b)'s default one
+    return rows, {
+        "discriminator": described, "dg_weight": GUIDANCE_WEIGHT, "dg_min_t": GUIDANCE_MIN_T,
+        "guided_unet_calls_per_image": unet_calls(scheduler, s.steps, s.strength, above=GUIDANCE_MIN_T),
+        "unet_calls_per_image": unet_calls(scheduler, s.steps, s.strength),
+        "unguided_s_per_image": round(plain_s, 5), "guided_s_per_image": round(guided_s, 5),
+        "ratio": round(guided_s / plain_s, 4) if plain_s > 0 else None,
+    }
+
+
+GUIDANCE_WEIGHT, GUIDANCE_MIN_T = 1.0, 200
+"""The authors' guidance settings (dlcr's defaults): the steps with t > 200 are guided."""
+
+
+def bench_guidance(device: torch.device) -> tuple[Any, str]:
+    """Discriminator guidance with a random-init discriminator of the default architecture
+    (`dlcr_cli.discriminator.Discriminator(width=128, levels=4)`, seed 0, float32), or, where
+    that module is missing, a stand-in of the same kind (said so in the report)."""
+    import torch
+
+    from dlcr_cli.stages.inpaint import DiscriminatorGuidance
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            from dlcr_cli.discriminator import Discriminator
+        except ImportError:
+            log.warning("bench: dlcr_cli.discriminator is missing: timing guidance with a stand-in discriminator")
+            module, described = StandInDiscriminator(width=128, levels=4), STAND_IN
+        else:
+            module = Discriminator(width=128, levels=4)
+            described = "dlcr_cli.discriminator.Discriminator(width=128, levels=4), random init"
+    module = module.to(device=device, dtype=torch.float32).eval()
+    return DiscriminatorGuidance(module, weight=GUIDANCE_WEIGHT, min_t=GUIDANCE_MIN_T, digest="bench"), described
+
+
+STAND_IN = ("stand-in (dlcr_cli.discriminator missing): a time-conditioned residual conv encoder, "
+            "width 128, 4 levels, random init")
+
+
+def StandInDiscriminator(width: int = 128, levels: int = 4) -> Any:  # a class, made lazily
+    """A time-conditioned conv encoder of the default discriminator's size class: stem, per level
+    a residual block (GroupNorm, SiLU, 3x3 convs, the timestep's embedding added) and a stride-2
+    conv, then mean-pooling and a linear logit. (latents [B, 4, h, w], timesteps [B]) -> [B]."""
+    import math
+
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, channels: int, embed: int) -> None:
+            super().__init__()
+            self.norm1, self.conv1 = nn.GroupNorm(32, channels), nn.Conv2d(channels, channels, 3, padding=1)
+            self.time = nn.Linear(embed, channels)
+            self.norm2, self.conv2 = nn.GroupNorm(32, channels), nn.Conv2d(channels, channels, 3, padding=1)
+
+        def forward(self, x: Any, emb: Any) -> Any:
+            h = self.conv1(nn.functional.silu(self.norm1(x))) + self.time(emb)[:, :, None, None]
+            return x + self.conv2(nn.functional.silu(self.norm2(h)))
+
+    class StandIn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.width, embed = width, 4 * width
+            self.embed = nn.Sequential(nn.Linear(width, embed), nn.SiLU(), nn.Linear(embed, embed))
+            self.stem = nn.Conv2d(4, width, 3, padding=1)
+            self.blocks = nn.ModuleList(Block(width, embed) for _ in range(levels))
+            self.downs = nn.ModuleList(nn.Conv2d(width, width, 3, stride=2, padding=1) for _ in range(levels))
+            self.head = nn.Sequential(nn.GroupNorm(32, width), nn.SiLU())
+            self.out = nn.Linear(width, 1)
+
+        def forward(self, latents: Any, timesteps: Any) -> Any:
+            half = self.width // 2
+            freqs = torch.exp(-math.log(10000) * torch.arange(half, device=latents.device) / half)
+            angles = timesteps.float()[:, None] * freqs[None]
+            emb = self.embed(torch.cat([angles.cos(), angles.sin()], dim=1))
+            x = self.stem(latents)
+            for block, down in zip(self.blocks, self.downs):
+                x = down(block(x, emb))
+            return self.out(self.head(x).mean(dim=(2, 3))).squeeze(1)
+
+    return StandIn()
 
 
 def _warm_batches(jobs: list[Job], batch_size: int, tail: bool) -> list[list[Job]]:
@@ -474,10 +570,20 @@ def print_report(result: Mapping[str, Any]) -> None:
     stderr.print(f"dlcr / reference: {'-' if speedup is None else f'{speedup:.2f}x'}; UNet "
                  f"{result['unet_gflop_per_forward']:.1f} GFLOP per forward (guidance batch); bf16 matmul peak: "
                  f"{'no GPU' if peak is None else f'{peak:.0f} TFLOP/s'}", highlight=False, soft_wrap=True)
+    guided = result.get("guidance")
+    if guided:
+        ratio = guided["ratio"]
+        stderr.print(f"discriminator guidance (weight {guided['dg_weight']:g}, t > {guided['dg_min_t']}): "
+                     f"{guided['guided_s_per_image']:.4f} s/image guided, {guided['unguided_s_per_image']:.4f} "
+                     f"s/image unguided, {'-' if ratio is None else f'{ratio:.2f}x'} "
+                     f"({guided['guided_unet_calls_per_image']} of {guided['unet_calls_per_image']} UNet calls guided); "
+                     f"{guided['discriminator']}",
+                     highlight=False, soft_wrap=True)
 
 
 __all__ = [
-    "ARCHS", "Arch", "BenchSettings", "NEEDS_CUDA", "SD15", "TINY", "bench_device", "build_inpaint_pipeline",
+    "ARCHS", "Arch", "BenchSettings", "NEEDS_CUDA", "SD15", "TINY", "bench_device", "bench_guidance",
+    "build_inpaint_pipeline",
     "clip_tokenizer", "ensure_pipeline", "load_reference", "make_sources", "outfit_prompt", "paint_reference",
     "print_report", "run_inpaint_bench", "unet_calls", "unet_flops",
 ]

@@ -44,6 +44,10 @@ def inpaint(
     dpm: Annotated[bool, typer.Option(
         "--dpm/--no-dpm",
         help="Add a row: dlcr with DPM-Solver++ at half the steps (a different quality setting).")] = False,
+    discriminator: Annotated[bool, typer.Option(
+        "--discriminator/--no-discriminator",
+        help="Add a row: dlcr with discriminator guidance (a random-init discriminator of the default "
+             "architecture, weight 1, t > 200), and its cost per image next to (b).")] = False,
     work_dir: Annotated[Optional[Path], typer.Option(
         "--work-dir", file_okay=False, show_default=False,
         help="Keep the built checkpoint and the images here, and reuse a checkpoint an earlier run left "
@@ -62,11 +66,17 @@ def inpaint(
     guidance batch x forwards per image x images/s, over the measured bf16 matmul rate).
     The table goes to stderr; `--json` prints the results on stdout.
 
+    `--discriminator` adds (e): (b)'s painter with discriminator guidance (one discriminator
+    forward and backward per guided step, in float32), and reports seconds per image guided
+    and unguided and their ratio.
+
     Examples:
 
         dlcr bench inpaint
 
         dlcr bench inpaint --batch-size 32 --compile --dpm --json > bench.json
+
+        dlcr bench inpaint --discriminator
 
         dlcr bench inpaint --arch tiny --images 10
     """
@@ -79,7 +89,7 @@ def inpaint(
 
     settings = BenchSettings.for_arch(
         arch.value, images=images, batch_size=batch_size, steps=steps,
-        size=parse_size(size, "--size") if size else None, compile=compile, dpm=dpm,
+        size=parse_size(size, "--size") if size else None, compile=compile, dpm=dpm, discriminator=discriminator,
     )
     device = bench_device(arch.value, state(ctx).device)
     result = run_inpaint_bench(settings, device, work_dir)

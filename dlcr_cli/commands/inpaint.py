@@ -50,6 +50,9 @@ def inpaint(
     format: Annotated[Optional[Format], typer.Option("--format", help=f"files: STEM_vK.png per variant; strip: the released format, one PNG of K tiles and a .txt per source.  \\[default: {D.format}]", show_default=False)] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="diffusion: torch.compile the UNet.  \\[default: no-compile]", show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(help=f"Threads reading and writing images.  \\[default: {D.workers}]", show_default=False)] = None,
+    discriminator: Annotated[Optional[Path], typer.Option("--discriminator", help="diffusion: discriminator guidance with this `dlcr discriminator` folder (trained for this pipeline and --size).  \\[default: none]", file_okay=False, show_default=False)] = None,
+    dg_weight: Annotated[Optional[float], typer.Option("--dg-weight", help=f"diffusion: discriminator guidance weight (0: unguided).  \\[default: {D.dg_weight:g}]", show_default=False)] = None,
+    dg_min_t: Annotated[Optional[int], typer.Option("--dg-min-t", help=f"diffusion: guide only the steps with timestep t > this (of 1000).  \\[default: {D.dg_min_t}]", show_default=False)] = None,
     preview: Annotated[Optional[Path], typer.Option("--preview", help="Also write a contact sheet PNG: the first sources, their masks and variants with prompts.", dir_okay=False, show_default=False)] = None,
     overwrite: OverwriteOpt = False,
     fail_fast: FailFastOpt = False,
@@ -65,6 +68,12 @@ def inpaint(
     Reproducible and resumable: targets and noise come from (`--seed`, source path, k); an
     interrupted run started again skips what exists and gives byte-identical files.
 
+    Discriminator guidance (`--discriminator DIR`, from `dlcr discriminator`): on every step
+    with timestep t > `--dg-min-t`, the noise prediction moves against the gradient of the
+    discriminator's log(D / (1 - D)) over the noisy latent, scaled by sqrt(1 - alpha_bar_t) x
+    `--dg-weight`. The discriminator must have been trained for this `--model` and `--size`.
+    Outputs record what guided them: another discriminator or weight paints again.
+
     Examples:
 
         dlcr summarize described.jsonl | dlcr --device cuda inpaint - --out gen > gen.jsonl
@@ -74,6 +83,8 @@ def inpaint(
         dlcr inpaint queries.jsonl --splits query --prompts prompts.json -k 4 --out qvar
 
         dlcr inpaint prompted.jsonl --backend recolor --out gen-recolor --format strip --preview sheet.png
+
+        dlcr --device cuda inpaint prompted.jsonl --out gen-dg --discriminator disc --dg-weight 1 --dg-min-t 200
 
     Many GPUs: `accelerate launch -m dlcr_cli inpaint ...` (or torchrun); each process
     paints its share into the same tree and the main process prints all records.
@@ -86,16 +97,18 @@ def inpaint(
     from dlcr_cli.errors import InputMissing
     from dlcr_cli.fingerprint import CACHE_NAME, Digests
     from dlcr_cli.records import read_records
-    from dlcr_cli.stages.inpaint import (chunk_plan, make_painter, make_plan, prompt_table, read_prompt_file,
-                                         run_inpaint, select_sources)
+    from dlcr_cli.stages.inpaint import (check_backend, chunk_plan, make_painter, make_plan, prompt_table,
+                                         read_prompt_file, run_inpaint, select_sources)
 
     split_list = [s.strip() for s in splits.split(",") if s.strip()] if splits is not None else None
     settings = state(ctx).resolve(inpaint=dict(
         backend=backend, model=model, variants=variants, splits=split_list,
         size=parse_size(size, "--size") if size else None, steps=steps, guidance=guidance, strength=strength,
         scheduler=scheduler, batch_size=batch_size, seed=seed, format=format, compile=compile, workers=workers,
+        discriminator=discriminator, dg_weight=dg_weight, dg_min_t=dg_min_t,
     )).settings
     s = settings.inpaint
+    check_backend(s)
     records = list(read_records(input))  # input errors come before any model is loaded
     sources, others = select_sources(records, s.splits)
     if others:

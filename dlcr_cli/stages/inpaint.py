@@ -1,4 +1,4 @@
-"""inpaint: clothes-changed images, K per training image (SPEC.md, stage 1).
+"""inpaint: clothes-changed images, K per training image (docs/method.md, stage 1).
 
 Every source image gets K target clothing ids, drawn without replacement from the clothing
 ids that have a prompt, its own excluded; variant k is the source with its clothing region
@@ -18,7 +18,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -229,15 +229,16 @@ class DiffusionPainter:
     images however a batch is split), resized to the working size and back.
 
     The model cache's pipeline is shared by every painter of the process and never changed:
-    a painter with another scheduler or a compiled UNet calls its own pipeline (`pipe`) made of
-    the cached one's modules, with those swapped in.
+    a painter with another scheduler, a compiled UNet or discriminator guidance calls its own
+    pipeline (`pipe`) made of the cached one's modules, with those swapped in (guidance: the
+    UNet, plain or compiled, inside a GuidedUNet).
     """
 
     needs_parsing = False
 
     def __init__(self, model_id: str, *, device: Any, dtype: Any, batch_size: int, size: tuple[int, int],
                  steps: int, guidance: float, strength: float, scheduler: str, compile: bool = False,
-                 offload_idle: bool = True) -> None:
+                 offload_idle: bool = True, dg: DiscriminatorGuidance | None = None) -> None:
         from dlcr_cli.cache import CACHE
         from dlcr_cli.runtime import OomSplitter
 
@@ -247,15 +248,32 @@ class DiffusionPainter:
         from dlcr_cli.fingerprint import model_revision
 
         self.fingerprint = f"diffusion {model_id} {model_revision(model_id)} {size} {self.call} {scheduler} {dtype}"
+        if dg is not None and not dg.active:
+            log.info("inpaint: discriminator guidance weight 0: painting unguided")
+        self.dg = dg if dg is not None and dg.active else None
+        """Discriminator guidance, None without (no discriminator, or weight 0: the unguided painter,
+        same pipeline, same fingerprint, the same bytes)."""
+        if self.dg is not None:  # unguided outputs keep their marks; guided ones name what guided them
+            self.fingerprint += f" dg {self.dg.digest} {self.dg.weight!r} {self.dg.min_t}"
         cached = CACHE.get("inpainting", model_id, dtype=dtype, device=device, setting="inpaint.model",
                            offload_idle=offload_idle, load=partial(_load_pipeline, model_id, device, dtype))
+        self.latent_shape = (cached.vae.config.latent_channels, self.height // cached.vae_scale_factor,
+                             self.width // cached.vae_scale_factor)
+        """The sampler's latents (C, h, w) at the working size: what a discriminator must be made for."""
         swaps = {}
         if scheduler != "default":
             swaps["scheduler"] = _scheduler(cached, scheduler)
         if compile:
             swaps["unet"] = CACHE.get("compiled-unet", model_id, dtype=dtype, device=device, setting="inpaint.compile",
                                       offload_idle=False, load=partial(_Compiled.of, cached.unet)).module
+        if self.dg is not None:
+            _check_guidable(swaps.get("scheduler", cached.scheduler))
+            # CFG is on when the pipeline doubles the batch (its do_classifier_free_guidance)
+            halves = guidance > 1 and cached.unet.config.time_cond_proj_dim is None
+            swaps["unet"] = _guided_unet_class()(swaps.get("unet", cached.unet), self.dg, halves=halves, device=device)
         self.pipe = _with_components(cached, swaps) if swaps else cached
+        if self.dg is not None:
+            self.pipe.unet.scheduler = self.pipe.scheduler  # the one the view steps with
         self.batches = OomSplitter("inpaint")
 
     def paint(self, sources: list[Source], prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
@@ -268,7 +286,10 @@ class DiffusionPainter:
         images = [Image.fromarray(s.image).resize(size, Image.BICUBIC) for s, _, _ in triples]
         masks = [Image.fromarray(s.mask.astype(np.uint8) * 255).resize(size, Image.NEAREST) for s, _, _ in triples]
         generators = [torch.Generator("cpu").manual_seed(seed) for _, _, seed in triples]
-        with torch.inference_mode():
+        # Guidance differentiates inside the UNet call: inference-mode tensors cannot enter
+        # autograd, so the guided pipeline runs under no_grad (GuidedUNet enables grad for its
+        # discriminator alone); the unguided one keeps inference mode (and its exact bytes).
+        with torch.no_grad() if self.dg is not None else torch.inference_mode():
             result = self.pipe(prompt=[p for _, p, _ in triples], image=images, mask_image=masks, height=self.height,
                                width=self.width, generator=generators, output_type="np", **self.call)
         out = []
@@ -276,6 +297,151 @@ class DiffusionPainter:
             pixels = Image.fromarray(np.clip(painted * 255 + 0.5, 0, 255).astype(np.uint8))
             out.append(np.asarray(pixels.resize((source.image.shape[1], source.image.shape[0]), Image.BICUBIC)))
         return out
+
+
+# --- discriminator guidance -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiscriminatorGuidance:
+    """Discriminator guidance (DLCR, after Kim et al. 2023): on every denoising step with
+    timestep t > `min_t` (of 1000), eps <- eps - sqrt(1 - alpha_bar_t) * weight * g, g the
+    gradient over the noisy latent x_t of the discriminator's logit log(D / (1 - D))."""
+
+    discriminator: Any
+    """A torch module: (latents [B, 4, h, w] float32, timesteps [B] int64) -> logits [B] (float32),
+    on the painter's device (dlcr_cli.discriminator.Discriminator)."""
+    weight: float = 1.0
+    min_t: int = 200
+    digest: str = ""
+    """What identifies the discriminator's weights in the painter's fingerprint."""
+
+    @property
+    def active(self) -> bool:
+        return self.discriminator is not None and self.weight > 0
+
+
+def __getattr__(name: str) -> Any:
+    """`GuidedUNet`, made on first use (torch and diffusers are imported lazily here)."""
+    if name == "GuidedUNet":
+        return _guided_unet_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@cache
+def _guided_unet_class() -> type:
+    import torch
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    class GuidedUNet(torch.nn.Module):
+        """The pipeline's UNet (plain or compiled) with discriminator guidance applied to what
+        it returns: called exactly as the pipeline calls a UNet, it calls the real one, then
+        subtracts sqrt(1 - alpha_bar_t) * weight * grad_x log(D / (1 - D)) from the noise
+        prediction at timesteps t > min_t.
+
+        The discriminator sees what the sampler sees: x_t is the first 4 of the inpainting
+        UNet's 9 input channels (x_t, mask, masked-image latents), the pipeline's scaled
+        latents (the schedulers guided here leave the UNet input unscaled: `_check_guidable`);
+        alpha_bar_t comes from the view's scheduler's `alphas_cumprod` at the timestep the UNet
+        is called with. The gradient is taken in float32 (x_t cast, the discriminator kept in
+        float32) whatever the pipeline's dtype, and the corrected prediction is rounded back
+        to it once.
+
+        With classifier-free guidance the pipeline calls the UNet on [x_t; x_t] (uncond, text)
+        and mixes eps = eps_u + s (eps_c - eps_u) after. That mix is linear with weights summing
+        to 1, so subtracting the same correction c from both halves gives eps - c, exactly the
+        correction applied after the mix; both halves share x_t, so D's gradient is computed on
+        one half and subtracted from both.
+
+        The UNet is a registered submodule (the pipeline's `to` moves it, a no-op for the view,
+        which has the cached pipeline's device and dtype); the discriminator is not, so no
+        pipeline cast ever turns it into float16.
+        """
+
+        def __init__(self, unet: Any, dg: DiscriminatorGuidance, *, halves: bool, device: Any = None) -> None:
+            super().__init__()
+            self.unet = unet
+            self.halves = halves
+            self.weight = float(dg.weight)
+            self.min_t = int(dg.min_t)
+            self.scheduler: Any = None
+            """Set by the painter: its pipeline's scheduler (alphas_cumprod)."""
+            discriminator = dg.discriminator
+            if device is not None:
+                discriminator.to(device=device)
+            discriminator.to(dtype=torch.float32).eval()
+            self.__dict__["discriminator"] = discriminator  # unregistered: out of the pipeline's `to`
+            self._alpha_bars: dict[str, Any] = {}
+
+        # what the pipeline reads of its UNet
+        @property
+        def config(self) -> Any:
+            return self.unet.config
+
+        @property
+        def dtype(self) -> Any:
+            return self.unet.dtype
+
+        @property
+        def device(self) -> Any:
+            return self.unet.device
+
+        def __getattr__(self, name: str) -> Any:  # e.g. encoder_hid_proj, add_embedding
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(super().__getattr__("unet"), name)
+
+        def alpha_bar(self, timesteps: Any) -> Any:
+            cumprod = self.scheduler.alphas_cumprod
+            key = str(timesteps.device)
+            if key not in self._alpha_bars or self._alpha_bars[key][0] is not cumprod:
+                self._alpha_bars[key] = (cumprod, cumprod.to(device=timesteps.device, dtype=torch.float32))
+            return self._alpha_bars[key][1][timesteps]
+
+        def correction(self, sample: Any, timestep: Any) -> Any | None:
+            """sqrt(1 - alpha_bar_t) * weight * grad_x logit, float32, [B, 4, h, w] for the
+            latents of one half; None when no sample's t is above min_t."""
+            x_t = sample[:, :4]
+            if self.halves:
+                if x_t.shape[0] % 2:
+                    raise RuntimeError(f"classifier-free guidance doubles the batch, but the UNet got {x_t.shape[0]}")
+                x_t = x_t[: x_t.shape[0] // 2]
+            batch = x_t.shape[0]
+            t = torch.as_tensor(timestep, device=x_t.device).reshape(-1).long()
+            t = t.expand(batch) if t.numel() == 1 else t[:batch]
+            on = t > self.min_t
+            if not bool(on.any()):
+                return None
+            with torch.inference_mode(False), torch.enable_grad():
+                x = x_t.detach().to(torch.float32, copy=True).requires_grad_(True)
+                logits = self.discriminator(x, t.clone())
+                (grad,) = torch.autograd.grad(logits.float().sum(), x)  # each logit depends on its own x only
+            scale = (1 - self.alpha_bar(t)).sqrt() * self.weight * on
+            return scale.view(-1, 1, 1, 1) * grad
+
+        def forward(self, sample: Any, timestep: Any, *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
+            out = self.unet(sample, timestep, *args, return_dict=return_dict, **kwargs)
+            eps = out[0] if isinstance(out, tuple) else out.sample
+            c = self.correction(sample, timestep)
+            if c is not None:
+                if self.halves:
+                    c = torch.cat([c, c])
+                eps = (eps.float() - c).to(eps.dtype)
+            return (eps, *out[1:]) if isinstance(out, tuple) else UNet2DConditionOutput(sample=eps)
+
+    return GuidedUNet
+
+
+def _check_guidable(scheduler: Any) -> None:
+    """Guidance as dlcr applies it assumes an epsilon-predicting scheduler whose UNet input is
+    x_t itself (PNDM, DDIM, DPM-Solver: init_noise_sigma 1); others are one line."""
+    from dlcr_cli.errors import UsageError
+
+    prediction = getattr(scheduler.config, "prediction_type", "epsilon")
+    if prediction != "epsilon" or float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0:
+        raise UsageError(f"discriminator guidance needs an epsilon-predicting scheduler on unscaled latents; "
+                         f"{type(scheduler).__name__} ({prediction}) is not one (inpaint.scheduler)")
 
 
 @dataclass
@@ -365,19 +531,59 @@ def _scheduler(pipe: Any, name: str) -> Any:
     return getattr(diffusers, SCHEDULERS[name]).from_config(pipe.scheduler.config)
 
 
+def check_backend(s: Any) -> None:
+    """Settings the backend cannot honour (`s`: InpaintSettings): one line, exit 2."""
+    from dlcr_cli.errors import UsageError
+
+    if s.backend == "recolor" and s.discriminator is not None:
+        raise UsageError("discriminator guidance (--discriminator, inpaint.discriminator) needs the diffusion "
+                         "backend, not recolor")
+
+
 def make_painter(settings: Any) -> Painter:
     """The painter the settings ask for (`settings`: dlcr_cli.settings.Settings)."""
     s = settings.inpaint
+    check_backend(s)
     if s.backend == "recolor":
         return RecolorPainter(s.batch_size)
     from dlcr_cli.runtime import resolve_device, resolve_dtype
 
     device = resolve_device(settings.device)
-    return DiffusionPainter(
+    loaded = load_guidance(s, device) if s.discriminator is not None else None  # its errors before the pipeline's
+    painter = DiffusionPainter(
         s.model, device=device, dtype=resolve_dtype(s.dtype, device), batch_size=s.batch_size, size=s.size,
         steps=s.steps, guidance=s.guidance, strength=s.strength, scheduler=s.scheduler, compile=s.compile,
-        offload_idle=settings.models.offload_idle,
+        offload_idle=settings.models.offload_idle, dg=loaded[0] if loaded else None,
     )
+    if loaded:  # the latents it was made for against the pipeline's own (its VAE's scale at inpaint.size)
+        _check_discriminator(loaded[1], s, latent_shape=painter.latent_shape)
+    return painter
+
+
+def load_guidance(s: Any, device: Any) -> tuple[DiscriminatorGuidance, dict]:
+    """The discriminator of `s.discriminator` (`s`: InpaintSettings) on `device` in float32, with
+    its digest for the painter's fingerprint, and its config. One made for another pipeline
+    (or revision) is refused here, before that pipeline loads (one line, exit 78); its latent
+    shape is checked once the pipeline has loaded (`_check_discriminator`)."""
+    import torch
+
+    from dlcr_cli.discriminator import discriminator_digest, load_discriminator
+
+    folder = Path(s.discriminator).expanduser()
+    discriminator, config = load_discriminator(folder, device)
+    _check_discriminator(config, s, latent_shape=tuple(config.get("latent_shape") or ()))
+    discriminator = discriminator.to(device=device, dtype=torch.float32).eval()
+    guidance = DiscriminatorGuidance(discriminator, weight=s.dg_weight, min_t=s.dg_min_t,
+                                     digest=discriminator_digest(folder))
+    return guidance, config
+
+
+def _check_discriminator(config: dict, s: Any, *, latent_shape: tuple[int, ...]) -> None:
+    from dlcr_cli.discriminator import check_pipeline
+    from dlcr_cli.fingerprint import model_revision
+
+    check_pipeline(config, model=s.model, revision=model_revision(s.model), latent_shape=tuple(latent_shape),
+                   folder=Path(s.discriminator).expanduser())
 
 
 # --- running the plan -----------------------------------------------------------------------
