@@ -177,3 +177,42 @@ def test_another_prompt_table_gives_images_and_records_of_that_table(dlcr, synth
     assert {r["prompt"] for r in with_b.records} == {"white shirt| white pants"}
     assert json.loads((tmp_path / "w/prompts.json").read_text()) == json.loads(b.read_text())
     assert f"inpaint: {len(first.records)} done" in with_b.stderr
+
+
+def test_discriminator_guidance_runs_the_authors_two_passes_and_resumes(dlcr, synth_data, tiny_inpaint, tmp_path):
+    """Unguided pass, a discriminator trained on it, the guided pass into its own folder (its
+    records on stdout); run again, every part is reused; another guidance weight repaints the
+    guided pass only."""
+    args = ["--device", "cpu", "expand", synth_data, "--out", tmp_path / "w", "--weight-free", "--parsing-dir",
+            synth_data / "parsing", "-k", "2", "--discriminator-guidance",
+            "--set", "inpaint.backend=diffusion", "--set", f'inpaint.model="{tiny_inpaint}"',
+            "--set", "inpaint.size=[64, 32]", "--set", "inpaint.steps=3", "--set", "inpaint.dg_min_t=0",
+            "--set", "discriminator.width=8", "--set", "discriminator.levels=2", "--set", "discriminator.epochs=2"]
+    run = dlcr(*args)
+    assert run.code == 0, run.stderr
+    images = [Path(r["image"]) for r in run.records]
+    assert images and all("generated-guided" in p.parts and p.is_file() for p in images)
+    unguided = [json.loads(line.split("\t", 1)[1])  # checkpoint lines: input hash, tab, record
+                for line in (tmp_path / "w/records/inpaint.jsonl").read_text().splitlines()]
+    assert len(unguided) == len(images) and all("generated-guided" not in r["image"] for r in unguided)
+    assert (tmp_path / "w/discriminator/discriminator.json").is_file()
+    pairs = {r["rel"]: r["image"] for r in unguided}
+    differ = sum(Path(pairs[r["rel"]]).read_bytes() != Path(r["image"]).read_bytes() for r in run.records)
+    assert differ == len(images)  # guidance changed every image
+
+    guided_bytes = [p.read_bytes() for p in images]
+    again = dlcr(*args)
+    assert again.code == 0, again.stderr
+    assert again.stdout == run.stdout and "inpaint-guided: finished in an earlier run" in again.stderr
+    assert "nothing to do" in again.stderr  # the discriminator's epochs are done
+
+    weaker = dlcr(*args, "--set", "inpaint.dg_weight=0.5")
+    assert weaker.code == 0, weaker.stderr
+    assert "inpaint: finished in an earlier run" in weaker.stderr
+    assert "inpaint-guided: finished in an earlier run" not in weaker.stderr
+    assert all(Path(r["image"]).read_bytes() != old for r, old in zip(weaker.records, guided_bytes))
+
+
+def test_discriminator_guidance_needs_the_diffusion_backend(dlcr, synth_data, tmp_path):
+    run = weight_free(dlcr, synth_data, tmp_path / "w", "--discriminator-guidance")
+    assert run.code == 2 and "diffusion backend" in run.stderr

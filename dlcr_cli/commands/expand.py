@@ -21,6 +21,7 @@ def expand(
     variants: Annotated[Optional[int], typer.Option("--variants", "-k", help="inpaint: target clothing ids per source image (setting inpaint.variants).", show_default=False)] = None,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSON {clothing id: prompt} to draw targets from; describe and summarize are then not needed and skipped.", dir_okay=False, show_default=False)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any setting, SECTION.KEY=VALUE (TOML value), repeatable: --set inpaint.steps=25 --set describe.batch_size=16.", show_default=False)] = None,
+    guidance: Annotated[bool, typer.Option("--discriminator-guidance", help="The authors' two passes: the unguided pass (OUT/generated), a discriminator trained on it (OUT/discriminator, settings discriminator.*), then the guided pass (OUT/generated-guided), whose records are emitted.")] = False,
     overwrite: OverwriteOpt = False,
     fail_fast: FailFastOpt = False,
 ) -> None:
@@ -41,6 +42,8 @@ def expand(
         dlcr expand synth --out work --weight-free --parsing-dir synth/parsing -k 10
 
         dlcr expand queries.jsonl --out qwork --prompts work/prompts.json -k 4 --set 'inpaint.splits=["query"]'
+
+        dlcr --device cuda expand /data/prcc --out work --discriminator-guidance > generated-dg.jsonl
     """
     from dlcr_cli.stages.expand import run_expand
 
@@ -48,7 +51,7 @@ def expand(
     if variants is not None:
         sections.setdefault("inpaint", {})["variants"] = variants
     settings = state(ctx).resolve(**sections).settings
-    run_expand(input, out, settings, prompts_file=prompts, overwrite=overwrite, fail_fast=fail_fast)
+    run_expand(input, out, settings, prompts_file=prompts, overwrite=overwrite, fail_fast=fail_fast, guidance=guidance)
 
 
 def stage_sections(assignments: list[str], weight_free: bool, parsing_dir: Path | None) -> dict[str, dict[str, Any]]:

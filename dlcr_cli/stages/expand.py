@@ -199,10 +199,14 @@ def expand_to_file(input: str, out: Path, settings: Any, path: Path, *, prompts_
 
 
 def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | None, overwrite: bool,
-               fail_fast: bool, sink: Callable[[Record], Any] | None = None) -> list[Record]:
+               fail_fast: bool, sink: Callable[[Record], Any] | None = None,
+               guidance: bool = False) -> list[Record]:
     """Mask, describe, summarize and inpaint the source records of `input` into `out`, each
-    generated record to `sink` (default: stdout) as it is done; returns them all. Exit 1 at
-    the end if any item of any stage failed."""
+    generated record to `sink` (default: stdout) as it is done; returns them all. With
+    `guidance`, the authors' two passes: the unguided pass into out/generated, a
+    discriminator trained on it in out/discriminator, and the guided pass into
+    out/generated-guided, whose records are the ones emitted. Exit 1 at the end if any item
+    of any stage failed."""
     from dlcr_cli.commands.common import Tally, consume
     from dlcr_cli.errors import InputMissing
     from dlcr_cli.fingerprint import CACHE_NAME, Digests
@@ -219,7 +223,7 @@ def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | Non
     stage = _StageRunner(out / "records", overwrite, consume, fail_fast, digests)
     try:
         generated, jobs = _stages(stage, sources, settings, out, read_prompt_file(prompts_file) if prompts_file else None,
-                                  sink or write_record, digests)
+                                  sink or write_record, digests, guidance)
     finally:
         digests.save()
     _preview(jobs, settings.inpaint.format, out / "preview.png")
@@ -228,7 +232,7 @@ def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | Non
 
 
 def _stages(stage: _StageRunner, sources: list[Record], settings: Any, out: Path, table_file: dict[str, str] | None,
-            sink: Callable[[Record], Any], digests: Any) -> tuple[list[Record], list]:
+            sink: Callable[[Record], Any], digests: Any, guidance: bool = False) -> tuple[list[Record], list]:
     from dlcr_cli.errors import InputMissing
     from dlcr_cli.fingerprint import fingerprint, record_files
     from dlcr_cli.stages.inpaint import prompt_table
@@ -249,10 +253,53 @@ def _stages(stage: _StageRunner, sources: list[Record], settings: Any, out: Path
     jobs: list = []
     reads = record_files("image", "mask", "parsing") if settings.inpaint.backend == "recolor" \
         else record_files("image", "mask")
+    guided_settings = settings
+    if guidance:  # the first pass is unguided, whatever the guidance settings: they change the second only
+        defaults = type(settings.inpaint)()
+        guided_settings, settings = settings, settings.model_copy(update={"inpaint": settings.inpaint.model_copy(
+            update={"discriminator": None, "dg_weight": defaults.dg_weight, "dg_min_t": defaults.dg_min_t})})
     generated = stage("inpaint", prompted, settings.inpaint,
                       partial_work(_inpaint, settings, out, table, jobs, digests), out, fingerprint(table),
-                      sink=sink, marked_outputs=True, reads=reads)
-    return generated, jobs
+                      sink=(lambda record: None) if guidance else sink, marked_outputs=True, reads=reads)
+    if not guidance:
+        return generated, jobs
+    from dlcr_cli.discriminator import discriminator_digest
+
+    folder = _train_discriminator(generated, settings, out)
+    guided_settings = guided_settings.model_copy(update={"inpaint": guided_settings.inpaint.model_copy(
+        update={"discriminator": folder})})
+    guided_jobs: list = []
+    guided = stage("inpaint-guided", prompted, guided_settings.inpaint,
+                   partial_work(_inpaint, guided_settings, out, table, guided_jobs, digests, GUIDED),
+                   out, fingerprint(table), discriminator_digest(folder), sink=sink, marked_outputs=True, reads=reads)
+    return guided, guided_jobs
+
+
+GUIDED = "generated-guided"
+"""expand --discriminator-guidance: the guided pass's folder (the unguided one stays in generated/)."""
+
+
+def _train_discriminator(generated: list[Record], settings: Any, out: Path) -> Path:
+    """out/discriminator trained on the unguided pass (resumed where it stopped); trained
+    afresh when the pass or the settings changed since, as a fresh run would."""
+    import shutil
+
+    from dlcr_cli.errors import UsageError
+    from dlcr_cli.stages.discriminator import run_discriminator
+
+    if settings.inpaint.backend != "diffusion":
+        raise UsageError("--discriminator-guidance needs the diffusion backend (inpaint.backend=diffusion)")
+    folder, records = out / "discriminator", out / "records" / "unguided.jsonl"
+    records.write_text("".join(record_json(record) + "\n" for record in generated))
+    log.info("expand: training the discriminator on the unguided pass (%d generated images) in %s",
+             len(generated), folder)
+    try:
+        run_discriminator(str(records), folder, settings, resume=True)
+    except UsageError as err:  # another pass or other settings since: what a fresh run would train
+        log.info("expand: %s: training it again", err)
+        shutil.rmtree(folder)
+        run_discriminator(str(records), folder, settings, resume=True)
+    return folder
 
 
 def partial_work(fn: Callable[..., Iterable[Outcome]], *args: Any) -> Callable[[list[Record], bool], Iterable[Outcome]]:
@@ -308,13 +355,13 @@ def _summarize(records: list[Record], overwrite: bool, settings: Any) -> Iterabl
 
 
 def _inpaint(records: list[Record], overwrite: bool, settings: Any, out: Path, table: dict[str, str],
-             jobs: list, digests: Any) -> Iterable[Outcome]:
+             jobs: list, digests: Any, folder: str = "generated") -> Iterable[Outcome]:
     from itertools import chain
 
     from dlcr_cli.stages.inpaint import make_painter, make_plan, run_inpaint
 
     s = settings.inpaint
-    planned, failed = make_plan(records, table, variants=s.variants, seed=s.seed, out=out / "generated", fmt=s.format)
+    planned, failed = make_plan(records, table, variants=s.variants, seed=s.seed, out=out / folder, fmt=s.format)
     jobs.extend(planned)
     return chain(failed, run_inpaint(planned, make_painter(settings), fmt=s.format, overwrite=overwrite,
                                      workers=s.workers, digests=digests))
