@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -276,18 +274,6 @@ def discriminator_digest(folder: Path) -> str:
 # --- atomic writes -----------------------------------------------------------------------------
 
 
-def _atomic(path: Path, write: Callable[[str], Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, data: Any) -> None:
     from dlcr_cli.io import write_text_atomic
 
@@ -385,7 +371,6 @@ class LatentCache:
 
     def save(self, keep: Sequence[str]) -> None:
         """Write the rows of `keep` (atomically), when something is new."""
-        from safetensors.torch import save_file
 
         if not self.dirty:
             return
@@ -394,7 +379,9 @@ class LatentCache:
             return
         stacked = torch.stack([self.rows[k] for k in keys]).contiguous()
         meta = {"format": FORMAT, "key": self.key, "keys": json.dumps(keys)}
-        _atomic(self.path, lambda tmp: save_file({"latents": stacked}, tmp, metadata=meta))
+        from dlcr_cli.reid.model import write_safetensors
+
+        write_safetensors(self.path, {"latents": stacked}, metadata=meta)
         self.dirty = False
 
 

@@ -523,13 +523,7 @@ def check_cal(s: Smoke) -> Outcome:
     settings = TrainBenchSettings(arch="resnet50" if s.cuda else "small", ids=4, images_per_id=4,
                                   size=s.sizes.cal_size)
     reset_peak_memory(s.device)
-    stepper = make_stepper(settings, s.device, fast=True)
-    losses = []
-    for batch in make_batches(settings, 2):
-        step_losses, _, _ = stepper.step(batch, clothes_on=True)
-        losses.append({k: round(float(v), 4) for k, v in step_losses.items()})
-    conv = next(m for m in stepper.modules["model"].modules() if isinstance(m, torch.nn.Conv2d))
-    grad = conv.weight.grad
+    stepper, losses, grad = _cal_steps(make_stepper(settings, s.device, fast=True), make_batches(settings, 2))
     values = {"arch": settings.arch, "size": list(settings.size), "losses": losses,
               "grad_channels_last": None if grad is None else grad.is_contiguous(memory_format=torch.channels_last),
               "peak_gb": None if (peak := peak_memory_gb(s.device)) is None else round(peak, 2)}
@@ -539,6 +533,19 @@ def check_cal(s: Smoke) -> Outcome:
         (grad is not None, "the first convolution got no gradient"),
         (not s.cuda or values["grad_channels_last"] is True, "the first convolution's gradient is not channels_last"),
     )
+
+
+def _cal_steps(stepper: Any, batches: list) -> tuple[Any, list[dict[str, float]], Any]:
+    """The stepper after a CAL step (clothes losses on) per batch: its losses per step and the
+    first convolution's gradient."""
+    import torch
+
+    losses = []
+    for batch in batches:
+        step_losses, _, _ = stepper.step(batch, clothes_on=True)
+        losses.append({k: round(float(v), 4) for k, v in step_losses.items()})
+    conv = next(m for m in stepper.modules["model"].modules() if isinstance(m, torch.nn.Conv2d))
+    return stepper, losses, conv.weight.grad
 
 
 @check("cal-video", "the video model's CAL step on clips in fp16 autocast with loss scaling and channels_last")
@@ -552,13 +559,8 @@ def check_cal_video(s: Smoke) -> Outcome:
     settings = TrainBenchSettings(arch="resnet50" if s.cuda else "small", ids=2, images_per_id=2, video=True,
                                   frames=4, size=s.sizes.cal_size)
     precision = "fp16" if s.cuda else "fp32"
-    stepper = make_stepper(settings, s.device, precision=precision, channels_last=s.cuda)
-    losses = []
-    for batch in make_batches(settings, 2):
-        step_losses, _, _ = stepper.step(batch, clothes_on=True)
-        losses.append({k: round(float(v), 4) for k, v in step_losses.items()})
-    conv = next(m for m in stepper.modules["model"].modules() if isinstance(m, torch.nn.Conv2d))
-    grad = conv.weight.grad
+    stepper, losses, grad = _cal_steps(make_stepper(settings, s.device, precision=precision, channels_last=s.cuda),
+                                       make_batches(settings, 2))
     scale = float(stepper.scaler.get_scale()) if stepper.scaler.is_enabled() else None
     values = {"arch": settings.arch, "precision": precision, "losses": losses, "loss_scale": scale,
               "dim": stepper.modules["model"].dim,

@@ -264,10 +264,6 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def _write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def save_checkpoint(model: ReidModel, path_dir: str | Path, config: dict[str, Any] | None = None) -> Path:
     """`path_dir/model.safetensors` and `path_dir/model.json` (the architecture, and `config`,
     the caller's own JSON-able settings, under "config"); model.json is written last."""
@@ -275,7 +271,9 @@ def save_checkpoint(model: ReidModel, path_dir: str | Path, config: dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     write_safetensors(out / WEIGHTS_FILE, model.state_dict(), metadata={"format": FORMAT})
     meta = {"format": FORMAT, "version": FORMAT_VERSION, **model.spec, "config": config or {}}
-    _write_text(out / CONFIG_FILE, json.dumps(meta, indent=2, default=str) + "\n")
+    from dlcr_cli.io import write_text_atomic
+
+    write_text_atomic(json.dumps(meta, indent=2, default=str) + "\n", out / CONFIG_FILE)
     return out
 
 
