@@ -1,8 +1,9 @@
-"""Records: one JSON object per image, the stream that flows between dlcr commands."""
+"""Records: one JSON object per image, the stream that flows between dlcr commands: the
+record model and its JSON lines. Reading an INPUT argument (dataset root, folder, JSONL file,
+stdin) is dlcr_cli.inputs, above both this and the dataset layouts."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -11,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dlcr_cli.errors import InputMissing, MalformedInput
+from dlcr_cli.errors import MalformedInput
 
 Split = Literal["train", "val", "query", "gallery"]
 
@@ -50,61 +51,6 @@ PATH_FIELDS = ("image", "mask", "parsing")
 """Fields holding file paths: relative ones in a JSONL file are resolved against its folder."""
 
 
-class RecordStream:
-    """The records of an INPUT, and how many there are when that is known up front
-    (a dataset or a folder; not a JSONL stream), for progress bars with an ETA."""
-
-    def __init__(self, records: Iterator[Record], total: int | None) -> None:
-        self._records = records
-        self.total = total
-
-    def __iter__(self) -> Iterator[Record]:
-        return self._records
-
-
-def read_records(source: str) -> RecordStream:
-    """Records from an INPUT argument: `-` (stdin JSONL), a JSONL file, a dataset root
-    (layout detected), a folder of images, or one image.
-
-    Errors in the input's form come at once; empty input is an error (exit 66), so a
-    pipeline whose first command produced nothing does not end in silent success.
-    """
-    empty = InputMissing(f"no records in {'<stdin>' if source == '-' else source}")
-    found = _records_from(source)
-    if isinstance(found, list):
-        if not found:
-            raise empty
-        return RecordStream(iter(found), len(found))
-    first = next(found, None)
-    if first is None:
-        raise empty
-    return RecordStream(itertools.chain([first], found), None)
-
-
-def _records_from(source: str) -> list[Record] | Iterator[Record]:
-    from dlcr_cli.io import is_image
-
-    if source == "-":
-        return parse_jsonl(sys.stdin, "<stdin>", Path.cwd())
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise InputMissing(f"input not found: {source}")
-    if path.is_dir():
-        return _records_from_folder(path)
-    if is_image(path):
-        return [Record(image=str(path.resolve()), rel=path.name)]
-    return _records_from_jsonl_file(path)
-
-
-def _records_from_jsonl_file(path: Path) -> Iterator[Record]:
-    try:
-        f = path.open(encoding="utf-8")
-    except OSError as err:
-        raise InputMissing(f"cannot open {path}: {err.strerror}") from None
-    with f:
-        yield from parse_jsonl(f, str(path), path.resolve().parent)
-
-
 def parse_jsonl(lines: Iterable[str], name: str, base: Path) -> Iterator[Record]:
     """Records from JSON lines; a bad line ends the run naming file and line (exit 65)."""
     for number, line in enumerate(_decoded(lines, name), start=1):
@@ -138,29 +84,6 @@ def _absolute_paths(record: Record, base: Path) -> Record:
         if value and not Path(value).is_absolute():
             setattr(record, field, str(base / value))
     return record
-
-
-def _records_from_folder(root: Path) -> list[Record]:
-    from dlcr_cli.io import is_image
-    from dlcr_cli.reid import datasets
-
-    found = datasets.detect_layout(root)
-    if found is not None:
-        layout, base = found
-        return list(layout.scan(base))
-    if datasets.looks_like_dataset(root):
-        raise MalformedInput(
-            f"{root}: looks like a dataset but matches no known layout; known layouts:\n"
-            + datasets.known_layouts_text()
-        )
-    images = sorted(p for p in root.rglob("*") if p.is_file() and is_image(p) and not _hidden(p, root))
-    if not images:
-        raise InputMissing(f"no images and no known dataset layout in {root}")
-    return [Record(image=str(p.resolve()), rel=p.relative_to(root).as_posix()) for p in images]
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def rel_path(record: Record) -> str:

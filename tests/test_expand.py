@@ -69,7 +69,8 @@ def test_an_interrupted_stage_carries_its_finished_records_over(dlcr, synth_data
 
 
 def test_a_failed_item_is_retried_by_the_next_run(dlcr, synth_data, tmp_path):
-    from dlcr_cli.records import read_records, record_json
+    from dlcr_cli.inputs import read_records
+    from dlcr_cli.records import record_json
 
     records = list(read_records(str(synth_data)))
     late = next(r for r in records if r.split == "train")

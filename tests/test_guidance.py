@@ -206,7 +206,7 @@ def small_prompted(synth_prompted, tmp_path) -> Path:
 
 
 def plan_of(small_prompted: Path, out: Path):
-    from dlcr_cli.records import read_records
+    from dlcr_cli.inputs import read_records
     from dlcr_cli.stages.inpaint import make_plan, prompt_table
 
     records = list(read_records(str(small_prompted)))

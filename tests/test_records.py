@@ -9,7 +9,8 @@ import pytest
 from conftest import save_rgb
 
 from dlcr_cli.errors import InputMissing, MalformedInput
-from dlcr_cli.records import Record, read_records, record_json, rel_path
+from dlcr_cli.inputs import read_records
+from dlcr_cli.records import Record, record_json, rel_path
 
 
 def records_of(source) -> list[Record]:
@@ -110,3 +111,14 @@ def test_rel_path_fallbacks(tmp_path, monkeypatch):
     assert rel_path(Record(image=str(tmp_path / "x" / "a.png"))) == "x/a.png"
     assert rel_path(Record(image="/elsewhere/b.png")) == "elsewhere/b.png"
     assert rel_path(Record(image="/elsewhere/b.png", rel="mine/b.png")) == "mine/b.png"
+
+
+def test_the_record_model_depends_on_nothing_of_the_project_but_its_errors():
+    """The floor of the layering: dataset layouts build records and dlcr_cli.inputs reads an
+    INPUT through both, so records must not import them back (it once imported the layouts)."""
+    import subprocess
+    import sys
+
+    code = "import sys, dlcr_cli.records; print(sorted(m for m in sys.modules if m.startswith('dlcr_cli.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['dlcr_cli.errors', 'dlcr_cli.records']"

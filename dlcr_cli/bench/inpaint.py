@@ -223,7 +223,7 @@ def make_sources(folder: Path, count: int, seed: int = 0) -> tuple[list[Record],
     and a prompt for every clothing id of the dataset (plenty of targets to draw from)."""
     from dlcr_cli.io import load_label_map
     from dlcr_cli.labels import DEFAULT_KEEP, label_ids
-    from dlcr_cli.records import read_records
+    from dlcr_cli.inputs import read_records
     from dlcr_cli.synth import synthesize
 
     data = folder / "data"

@@ -224,7 +224,8 @@ def _built(path: Path, build: Callable[[Path], Any]) -> Path:
 
 
 def _source_records(data: Path, path: Path, count: int) -> Path:
-    from dlcr_cli.records import read_records, record_json
+    from dlcr_cli.inputs import read_records
+    from dlcr_cli.records import record_json
 
     seen, lines = set(), []
     for record in read_records(str(data)):

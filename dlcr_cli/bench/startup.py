@@ -43,7 +43,7 @@ def run_startup_bench(runs: int = 10) -> dict[str, Any]:
 def run_describe_bench(ids: int = 24) -> dict[str, Any]:
     """Images/s of the colours backend over the records of a synthetic dataset (masks and
     label maps made first, untimed)."""
-    from dlcr_cli.records import read_records
+    from dlcr_cli.inputs import read_records
     from dlcr_cli.stages.describe import ColourDescriber, run_describe
     from dlcr_cli.synth import synthesize
 

@@ -46,7 +46,7 @@ def describe(
 
         dlcr describe masks.jsonl --backend colors | head -3
     """
-    from dlcr_cli.records import read_records
+    from dlcr_cli.inputs import read_records
     from dlcr_cli.stages.describe import make_describer, run_describe
 
     settings = state(ctx).resolve(describe=dict(

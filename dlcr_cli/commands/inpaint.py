@@ -96,7 +96,7 @@ def inpaint(
     from dlcr_cli.distributed import current_shard, dealt, run_sharded
     from dlcr_cli.errors import InputMissing
     from dlcr_cli.fingerprint import CACHE_NAME, Digests
-    from dlcr_cli.records import read_records
+    from dlcr_cli.inputs import read_records
     from dlcr_cli.stages.inpaint import (check_backend, chunk_plan, make_painter, make_plan, prompt_table,
                                          read_prompt_file, run_inpaint, select_sources)
 

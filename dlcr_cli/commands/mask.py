@@ -54,7 +54,7 @@ def mask(
 
         dlcr mask records.jsonl --out work --dilation 3 --device cuda:1
     """
-    from dlcr_cli.records import read_records
+    from dlcr_cli.inputs import read_records
     from dlcr_cli.stages.mask import MaskJob, make_parser, run_mask
 
     keep_list = [k.strip() for k in keep.split(",") if k.strip()] if keep is not None else None

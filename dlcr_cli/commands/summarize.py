@@ -48,7 +48,7 @@ def summarize(
 
         dlcr summarize described.jsonl --backend vote | jq -r .prompt | sort -u
     """
-    from dlcr_cli.records import read_records
+    from dlcr_cli.inputs import read_records
     from dlcr_cli.stages.summarize import make_summarizer, run_summarize
 
     settings = state(ctx).resolve(summarize=dict(

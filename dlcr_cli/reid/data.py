@@ -46,7 +46,8 @@ import numpy as np
 
 from dlcr_cli.console import log
 from dlcr_cli.errors import InputMissing, MalformedInput, UsageError
-from dlcr_cli.records import Record, read_records, rel_path
+from dlcr_cli.inputs import read_records
+from dlcr_cli.records import Record, rel_path
 
 MODES = ("standard", "sc", "cc")
 SPLITS = ("train", "query", "gallery")

@@ -32,8 +32,9 @@ from PIL import Image
 
 from dlcr_cli.console import log
 from dlcr_cli.errors import InputMissing, MalformedInput
+from dlcr_cli.inputs import read_records
 from dlcr_cli.io import mirrored
-from dlcr_cli.records import Record, read_records
+from dlcr_cli.records import Record
 from dlcr_cli.reid.data import Sample
 
 VARIANT_NAME = re.compile(r"(.+)_v(\d+)$")

@@ -29,7 +29,6 @@ import torch
 
 from dlcr_cli.reid.transforms import Size, normalize, random_flip, resize
 
-
 VIDEO_RESIZE = "bicubic"
 """CAL's video transforms resize with PIL bicubic (its image transforms: bilinear)."""
 

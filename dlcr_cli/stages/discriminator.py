@@ -186,7 +186,7 @@ def run_discriminator(source: str, out: Path, settings: Settings, *, resume: boo
     from dlcr_cli.cache import CACHE
     from dlcr_cli.console import log, progress
     from dlcr_cli.fingerprint import CACHE_NAME, Digests, fingerprint, model_revision
-    from dlcr_cli.records import read_records
+    from dlcr_cli.inputs import read_records
     from dlcr_cli.runtime import resolve_device, resolve_dtype
 
     s, model_id = settings.discriminator, settings.inpaint.model

@@ -210,7 +210,8 @@ def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | Non
     from dlcr_cli.commands.common import Tally, consume
     from dlcr_cli.errors import InputMissing
     from dlcr_cli.fingerprint import CACHE_NAME, Digests
-    from dlcr_cli.records import read_records, write_record
+    from dlcr_cli.inputs import read_records
+    from dlcr_cli.records import write_record
     from dlcr_cli.stages.inpaint import read_prompt_file, select_sources
 
     records = list(read_records(input))  # input errors come before any model is loaded
