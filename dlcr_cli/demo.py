@@ -216,9 +216,19 @@ def write_report(folder: Path, per_seed: dict[int, dict[str, Any]], size: DemoSi
     sheet = first / "work" / "preview.png"
     if sheet.is_file():
         shutil.copyfile(sheet, report / "contact-sheet.png")
-    curves = {LABELS[row]: np.asarray(curve) for row, curve in per_seed[seeds[0]]["cc_cmc"].items()}
-    save_atomic(cmc_plot(curves, title=f"CC CMC, seed {seeds[0]}", max_rank=20), report / "cmc.png")
+    save_atomic(cmc_plot(mean_curves(per_seed, seeds), title=cmc_title(seeds), max_rank=20), report / "cmc.png")
     return report
+
+
+def mean_curves(per_seed: dict[int, dict[str, Any]], seeds: list[int]) -> dict[str, np.ndarray]:
+    """Every row's CC CMC curve, averaged over the seeds (the table's means are too)."""
+    import numpy as np
+
+    return {LABELS[row]: np.mean([per_seed[s]["cc_cmc"][row] for s in seeds], axis=0) for row in ROWS}
+
+
+def cmc_title(seeds: list[int]) -> str:
+    return f"CC CMC, seed {seeds[0]}" if len(seeds) == 1 else f"CC CMC, mean of seeds {', '.join(map(str, seeds))}"
 
 
 def print_table(summary: dict[str, Any], seeds: int) -> None:

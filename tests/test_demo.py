@@ -72,3 +72,14 @@ def test_started_again_it_reuses_the_finished_work(quick):
 def test_bad_seeds(dlcr, tmp_path, seeds):
     run = dlcr("demo", "--quick", "--out", tmp_path, "--seeds", seeds)
     assert run.code == 2 and "--seeds" in run.stderr
+
+
+def test_the_cmc_plot_of_several_seeds_is_their_mean():
+    """cmc.png once showed the first seed only when --seeds gave several."""
+    from dlcr_cli.demo import LABELS, ROWS, cmc_title, mean_curves
+
+    per_seed = {s: {"cc_cmc": {row: [0.1 * s + i for i in range(3)] for row in ROWS}} for s in (0, 1, 2)}
+    curves = mean_curves(per_seed, [0, 2])
+    assert list(curves) == [LABELS[row] for row in ROWS]
+    assert all(c.tolist() == pytest.approx([0.1, 1.1, 2.1]) for c in curves.values())
+    assert cmc_title([0, 2]) == "CC CMC, mean of seeds 0, 2" and cmc_title([3]) == "CC CMC, seed 3"

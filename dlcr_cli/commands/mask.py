@@ -48,7 +48,7 @@ def mask(
 
     Examples:
 
-        dlcr mask /data/LTCC_ReID --out work/masks > masks.jsonl
+        dlcr mask /data/LTCC_ReID --out work > masks.jsonl   # work/masks/, work/parsing/
 
         dlcr mask data --backend parsing --parsing-dir data/parsing --out work | head
 
