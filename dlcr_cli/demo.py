@@ -194,8 +194,6 @@ def gain(summary: dict[str, Any]) -> float:
 
 
 def write_report(folder: Path, per_seed: dict[int, dict[str, Any]], size: DemoSize) -> Path:
-    import numpy as np
-
     from dlcr_cli.io import save_atomic, write_text_atomic
     from dlcr_cli.pictures import cmc_plot
 
@@ -220,7 +218,7 @@ def write_report(folder: Path, per_seed: dict[int, dict[str, Any]], size: DemoSi
     return report
 
 
-def mean_curves(per_seed: dict[int, dict[str, Any]], seeds: list[int]) -> dict[str, np.ndarray]:
+def mean_curves(per_seed: dict[int, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """Every row's CC CMC curve, averaged over the seeds (the table's means are too)."""
     import numpy as np
 

@@ -406,9 +406,14 @@ def test_startup_bench_times_whole_processes_and_sees_no_heavy_import(run_bench)
     result = run_bench("startup", "--runs", "2", "--json")
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["help_seconds"]["runs"] == 2 and 0 < report["help_seconds"]["min"] <= report["help_seconds"]["max"]
+    for key in ("help_seconds", "completion_seconds", "import_torch_seconds"):
+        assert report[key]["runs"] == 2 and 0 < report[key]["min"] <= report[key]["median"] <= report[key]["max"]
+    assert report["help_vs_import_torch"] == pytest.approx(
+        report["help_seconds"]["median"] / report["import_torch_seconds"]["median"], abs=1e-3)
+    assert report["completion_vs_import_torch"] > 0 and report["target_ratio"] == 0.2
+    assert report["command"].endswith("dlcr") or report["command"].endswith("-m dlcr_cli")
     assert report["heavy_modules_imported"] == [] and report["import_seconds"] > 0
-    assert "heavy modules imported: none" in result.stderr
+    assert "heavy modules imported: none" in result.stderr and "x import torch" in result.stderr
 
 
 def test_describe_bench_counts_every_image(run_bench):

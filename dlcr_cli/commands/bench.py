@@ -237,11 +237,12 @@ def digests(
 
 @app.command("startup")
 def startup(
-    runs: Annotated[int, typer.Option(min=1, help="Whole `dlcr --help` processes to time.")] = 10,
+    runs: Annotated[int, typer.Option(min=1, help="Rounds: one `dlcr --help`, one completion and one `import torch` process each.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")] = False,
 ) -> None:
-    """Wall time of whole `dlcr --help` processes (what every TAB press pays) and of the CLI's
-    import, and the heavy modules it imported (none, by design).
+    """Wall time of whole `dlcr --help` and TAB-completion processes, side by side with
+    `python -c "import torch"` and as a ratio to it (the target: at most 0.2x), the CLI's
+    own import, and the heavy modules it imported (none, by design).
 
     Examples:
 
@@ -405,10 +406,12 @@ def all_(
 def _print_startup(report: dict) -> None:
     from dlcr_cli.console import stderr
 
-    h = report["help_seconds"]
+    h, c, t = report["help_seconds"], report["completion_seconds"], report["import_torch_seconds"]
     heavy = ", ".join(report["heavy_modules_imported"]) or "none"
-    stderr.print(f"dlcr --help: median {h['median']:.3f} s of {h['runs']} processes ({h['min']:.3f} to "
-                 f"{h['max']:.3f}); import of the CLI {report['import_seconds']:.3f} s; heavy modules imported: {heavy}",
+    stderr.print(f"dlcr --help: median {h['median']:.3f} s ({report['help_vs_import_torch']:.2f}x import torch); "
+                 f"TAB completion {c['median']:.3f} s ({report['completion_vs_import_torch']:.2f}x); import torch "
+                 f"{t['median']:.3f} s; {h['runs']} processes each, target at most {report['target_ratio']}x; "
+                 f"import of the CLI {report['import_seconds']:.3f} s; heavy modules imported: {heavy}",
                  highlight=False, soft_wrap=True)
 
 

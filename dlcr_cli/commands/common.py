@@ -11,14 +11,14 @@ import typer
 
 from dlcr_cli.console import log, progress
 from dlcr_cli.errors import ItemsFailed
-from dlcr_cli.records import Record, write_record
 from dlcr_cli.stages import Outcome
 
 if TYPE_CHECKING:
     from dlcr_cli.settings import Resolved
+    from dlcr_cli.records import Record
 
 INPUT_HELP = (
-    "A dataset root (PRCC, LTCC, VC-Clothes, LaST, DeepChange: layout detected), a folder of "
+    "A dataset root (PRCC, LTCC, VC-Clothes, LaST, DeepChange, CCVID: layout detected), a folder of "
     "images, a JSONL file of records, or - for records on stdin."
 )
 
@@ -58,6 +58,8 @@ def emit(outcomes: Iterable[Outcome], verb: str, fail_fast: bool, total: int | N
     """Write each done record to stdout, log each failure with its path, and end with exit 1
     if any failed (at once with `fail_fast`). `bar`: show progress (off when the outcomes
     are ready at once); `skipped_means`: why a stage skips, for the closing line."""
+    from dlcr_cli.records import write_record
+
     tally = consume(outcomes, verb, fail_fast, write_record, total, bar, skipped_means)
     tally.raise_if_failed()
 

@@ -9,8 +9,6 @@ import typer
 
 from dlcr_cli.commands.common import FailFastOpt, InputArg, OverwriteOpt, state
 
-from dlcr_cli.stages.expand import WEIGHT_FREE
-
 
 def expand(
     ctx: typer.Context,
@@ -56,6 +54,8 @@ def expand(
 
 def stage_sections(assignments: list[str], weight_free: bool, parsing_dir: Path | None) -> dict[str, dict[str, Any]]:
     """The stage settings of --set, --weight-free (backends not set otherwise) and --parsing-dir."""
+    from dlcr_cli.stages.expand import WEIGHT_FREE  # not at import: the record model is not needed for --help
+
     sections = _sections(assignments)
     if weight_free:
         for name, values in WEIGHT_FREE.items():

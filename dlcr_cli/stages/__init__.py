@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from dlcr_cli.records import Record
+if TYPE_CHECKING:  # the record model (pydantic) is not needed to draw --help
+    from dlcr_cli.records import Record
 
 T = TypeVar("T")
 
