@@ -39,6 +39,17 @@ def test_the_quick_demo_reports_every_row(quick):
         assert line in result.stderr
 
 
+def test_the_claim_dlcr_data_beat_the_baseline_on_clothes_changing_rank1(quick):
+    """The paper's claim on the embedded data, weight-free: the same model trained on real +
+    recoloured images ranks the same person in other clothes first clearly more often than
+    trained on real ones (measured 12.1 vs 3.0 points; the full demo's 3 seeds: 25.0 vs 3.7),
+    and the clothes-blind gain does not come from a collapse of the standard setting."""
+    got = json.loads(quick[1].stdout)
+    assert got["dlcr"]["cc"]["rank1"] >= got["baseline"]["cc"]["rank1"] + 0.05
+    assert got["dlcr"]["cc"]["mAP"] > got["baseline"]["cc"]["mAP"]
+    assert got["dlcr"]["standard"]["rank1"] >= 0.8
+
+
 def test_the_report_folder(quick):
     out, result = quick
     report = out / "report"
