@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcr_cli.stages.inpaint import DiscriminatorGuidance, Source
+from dlcr_cli.stages.inpaint import DiscriminatorGuidance
+from test_inpaint import paint, painter_of
 
 SIZE = (64, 32)
 LATENT = (4, SIZE[0] // 2, SIZE[1] // 2)
@@ -38,25 +39,6 @@ def pattern(scale: float = 1.0, seed: int = 0) -> torch.Tensor:
     return scale * torch.randn(LATENT, generator=torch.Generator().manual_seed(seed))
 
 
-def painter_of(model, **options):
-    from dlcr_cli.stages.inpaint import DiffusionPainter
-
-    settings = {"device": torch.device("cpu"), "dtype": torch.float32, "batch_size": 8, "size": SIZE, "steps": 2,
-                "guidance": 7.5, "strength": 1.0, "scheduler": "default", "compile": False, **options}
-    return DiffusionPainter(str(model), **settings)
-
-
-def sources(n: int) -> list[Source]:
-    rng = np.random.default_rng(0)
-    mask = np.zeros((40, 20), bool)
-    mask[10:30] = True
-    return [Source(rng.integers(0, 255, (40, 20, 3), dtype=np.uint8), mask) for _ in range(n)]
-
-
-def paint(painter, n: int = 2):
-    return painter.paint(sources(n), [f"red shirt {i}" for i in range(n)], list(range(100, 100 + n)))
-
-
 def guided(a: torch.Tensor | None = None, weight: float = 1.0, min_t: int = 200, digest: str = "test"):
     return DiscriminatorGuidance(Linear(pattern() if a is None else a), weight=weight, min_t=min_t, digest=digest)
 
@@ -71,7 +53,7 @@ def test_weight_0_is_the_unguided_painter_byte_for_byte(tiny_inpaint):
     zero = painter_of(tiny_inpaint, dg=guided(weight=0))
     assert zero.dg is None and zero.pipe is plain.pipe  # not even wrapped
     assert zero.fingerprint == plain.fingerprint  # existing outputs stay valid
-    for a, b in zip(paint(plain), paint(zero)):
+    for a, b in zip(paint(plain, 2), paint(zero, 2)):
         assert a.tobytes() == b.tobytes()
     on = painter_of(tiny_inpaint, dg=guided())
     assert on.fingerprint.startswith(plain.fingerprint + " dg test 1.0 200")

@@ -194,7 +194,7 @@ def _summary(out: Path, as_json: bool) -> None:
     from rich.table import Table
 
     from dlcr_cli.console import log, stderr
-    from dlcr_cli.reid.train import METRICS, iter_metrics
+    from dlcr_cli.reid.train import METRICS, iter_metrics, read_best
 
     rows = list(iter_metrics(out / METRICS))
     if not rows:
@@ -213,7 +213,7 @@ def _summary(out: Path, as_json: bool) -> None:
         final = evaluated[-1]["evaluation"]
         stderr.print("evaluation after epoch %d: %s" % (evaluated[-1]["epoch"], _scores(final)), highlight=False,
                      soft_wrap=True)
-    best = _best(out)
+    best = read_best(out)
     if best is not None:
         stderr.print(f"best epoch {best['epoch']} ({best['setting']} rank-1 {100 * best['rank1']:.1f}; "
                      f"{best['protocol']}): {_scores(best['evaluation'])}", highlight=False, soft_wrap=True)
@@ -228,14 +228,3 @@ def _summary(out: Path, as_json: bool) -> None:
 
 def _scores(evaluation: dict[str, Any]) -> str:
     return ", ".join(f"{name} rank-1 {100 * v['rank1']:.1f} mAP {100 * v['mAP']:.1f}" for name, v in evaluation.items())
-
-
-def _best(out: Path) -> dict[str, Any] | None:
-    import json
-
-    from dlcr_cli.reid.train import BEST_METRICS
-
-    try:
-        return json.loads((out / BEST_METRICS).read_text())
-    except (OSError, ValueError):
-        return None

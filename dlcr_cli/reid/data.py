@@ -309,3 +309,9 @@ def tracklet_groups(samples: Sequence[Sample], indices: Iterable[int] | None = N
         tracklet = samples[i].tracklet
         groups.setdefault(("t", tracklet) if tracklet is not None else ("i", int(i)), []).append(int(i))
     return [np.array(group, dtype=np.int64) for group in groups.values()]
+
+
+def tracklet_frames(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """Each tracklet's samples (in `tracklet_groups` order), its frames in name order as CAL
+    globs and sorts them, whatever the order of the records: what a video clip is cut from."""
+    return [sorted((samples[i] for i in group), key=lambda x: x.path) for group in tracklet_groups(samples)]

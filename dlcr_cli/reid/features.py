@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dlcr_cli.errors import InputMissing, MalformedInput
-from dlcr_cli.reid.data import MODES, EvalSetting, ReidData, Sample, tracklet_groups
+from dlcr_cli.reid.data import MODES, EvalSetting, ReidData, Sample, tracklet_frames, tracklet_groups
 from dlcr_cli.reid.generated import Variant
 from dlcr_cli.reid.metrics import Labels
 
@@ -199,9 +199,8 @@ def extract_features(model: torch.nn.Module, data: ReidData, *, size: tuple[int,
     are not the protocol's numbers.
     """
     if data.video and getattr(model, "video", False):
-        tracklets = {side: tracklet_groups(getattr(data, side)) for side in SIDES}
-        # frames in name order, as CAL globs and sorts them, whatever the order of the records
-        frames = [sorted(getattr(data, side)[i].path for i in g) for side in SIDES for g in tracklets[side]]
+        tracklets = {side: tracklet_frames(getattr(data, side)) for side in SIDES}
+        frames = [[x.path for x in frames] for side in SIDES for frames in tracklets[side]]
         feats = embed_tracklets(model, frames, size=size, batch_size=batch_size, workers=workers,
                                 precision=precision, clip=clip)
         n = len(tracklets["query"])
@@ -252,8 +251,12 @@ def embed_tracklets(model: torch.nn.Module, tracklets: Sequence[Sequence[str | V
     sums = np.zeros((len(tracklets), dim), np.float64)
     np.add.at(sums, np.asarray(owner, dtype=np.int64), feats.astype(np.float64))
     counts = np.bincount(np.asarray(owner, dtype=np.int64), minlength=len(tracklets))[:, None]
-    mean = sums / np.maximum(counts, 1)
-    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return l2_normalized(sums / np.maximum(counts, 1)).astype(np.float32)
+
+
+def l2_normalized(rows: np.ndarray) -> np.ndarray:
+    """Each row (of the last axis) divided by its norm; zero rows stay zero."""
+    return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
 
 
 def _labels(samples: Sequence[Sample]) -> Labels:
@@ -314,7 +317,7 @@ def pool_tracklets(features: FeatureSet, query: Sequence[Sample], gallery: Seque
     for samples, feats in ((query, features.query), (gallery, features.gallery)):
         groups = tracklet_groups(samples)
         mean = np.stack([feats[g].mean(0) for g in groups]) if groups else np.zeros((0, feats.shape[1]), np.float32)
-        pooled.append(mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12))
+        pooled.append(l2_normalized(mean))
     return tracklet_set(query, gallery, *pooled, features.settings, features.protocol)
 
 

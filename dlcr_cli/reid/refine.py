@@ -122,20 +122,20 @@ def query_variant_features(model: Any, queries: list, variants: dict[str, list],
     every frame has it; an image model's frame variants are averaged per tracklet."""
     from dlcr_cli.reid.features import embed_images, embed_tracklets
 
-    if any(q.tracklet is not None for q in queries) and getattr(model, "video", False):
-        from dlcr_cli.reid.data import tracklet_groups
+    tracklets = any(q.tracklet is not None for q in queries)
+    if tracklets and getattr(model, "video", False):
+        from dlcr_cli.reid.data import tracklet_frames
 
         items, where = [], []
-        for t, group in enumerate(tracklet_groups(queries)):
-            frames = sorted((queries[i] for i in group), key=lambda x: x.path)
+        groups = tracklet_frames(queries)
+        for t, frames in enumerate(groups):
             options = [variants.get(f.path, [])[:k] for f in frames]
             for j in range(min(len(o) for o in options)):
                 items.append([o[j] for o in options])
                 where.append((t, j))
-        rows = len(tracklet_groups(queries))
         feats = embed_tracklets(model, items, size=size, batch_size=batch_size, workers=workers, precision=precision,
                                 clip=clip, what="query variants") if items else None
-        return _placed(feats, where, rows, k, model)
+        return _placed(feats, where, len(groups), k, model)
     items, where = [], []
     for qi, sample in enumerate(queries):
         for j, variant in enumerate(variants.get(sample.path, [])[:k]):
@@ -144,7 +144,7 @@ def query_variant_features(model: Any, queries: list, variants: dict[str, list],
     feats = embed_images(model, items, size=size, batch_size=batch_size, workers=workers, flip=flip,
                          precision=precision, what="query variants") if items else None
     vf, ok = _placed(feats, where, len(queries), k, model)
-    return pool_variant_tracklets(vf, ok, queries) if any(q.tracklet is not None for q in queries) else (vf, ok)
+    return pool_variant_tracklets(vf, ok, queries) if tracklets else (vf, ok)
 
 
 def _placed(feats: np.ndarray | None, where: list[tuple[int, int]], rows: int, k: int, model: Any
@@ -176,6 +176,7 @@ def pool_variant_tracklets(vf: np.ndarray, ok: np.ndarray, queries: list) -> tup
     """Frames -> tracklets, as the query features are pooled: variant k of a tracklet is the
     L2-normalised mean of variant k of its frames that have one."""
     from dlcr_cli.reid.data import tracklet_groups
+    from dlcr_cli.reid.features import l2_normalized
 
     groups = tracklet_groups(queries)
     out = np.zeros((len(groups), vf.shape[1], vf.shape[2]), np.float32)
@@ -185,5 +186,5 @@ def pool_variant_tracklets(vf: np.ndarray, ok: np.ndarray, queries: list) -> tup
             chosen = frames[ok[frames, k]]
             if len(chosen):
                 mean = vf[chosen, k].mean(0)
-                out[t, k], has[t, k] = mean / max(float(np.linalg.norm(mean)), 1e-12), True
+                out[t, k], has[t, k] = l2_normalized(mean), True
     return out, has

@@ -188,12 +188,11 @@ class Piece:
 def tracklet_pieces(samples: Sequence[Sample], step: int) -> list[Piece]:
     """The training tracklets (frames in name order, as CAL globs them) cut into pieces of
     `step` frames, the last taking the rest (CAL's _densesampling_for_trainingset)."""
-    from dlcr_cli.reid.data import tracklet_groups
+    from dlcr_cli.reid.data import tracklet_frames
     from dlcr_cli.reid.video import dense_pieces
 
     pieces = []
-    for group in tracklet_groups(samples):
-        frames = sorted((samples[i] for i in group), key=lambda x: x.path)
+    for frames in tracklet_frames(samples):
         for part in dense_pieces(len(frames), step):
             pieces.append(Piece(tuple(frames[part.start:part.stop]), frames[0].pid, frames[0].clothes))
     return pieces
@@ -462,10 +461,8 @@ class Trainer:
         return self.start_epoch
 
     def _best_on_disk(self) -> int | None:
-        try:
-            return int(json.loads((self.out / BEST_METRICS).read_text())["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        kept = read_best(self.out)
+        return kept.get("epoch") if kept else None
 
     def _restore(self, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         from dlcr_cli.state import restore_state
@@ -728,6 +725,15 @@ def read_state(out: Path, tensors: bool = True) -> tuple[dict[str, Any], dict[st
         return state.read_state(path, tensors)
     except (ValueError, OSError) as err:
         raise MalformedInput(f"{path}: unreadable training state ({err})") from None
+
+
+def read_best(out: Path) -> dict[str, Any] | None:
+    """best/metrics.json of the run in `out` (epoch, setting, rank1, protocol, evaluation), or
+    None when it kept none (or the file is unreadable: a run stopped while writing it)."""
+    try:
+        return json.loads((out / BEST_METRICS).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def saved_epoch(out: Path) -> int | None:
