@@ -52,20 +52,23 @@ class Extracted:
     """A video model's test clips: length and stride."""
 
 
-def run_model(checkpoint: Path, which: str = "best") -> tuple[Path, str]:
-    """The model folder of a checkpoint and how to name it: a run folder's best/ (with
-    `which` best, when the run kept one) or the run's last epoch; any other model folder as is."""
+def run_model(checkpoint: Path, which: str = "best") -> tuple[Path, dict[str, Any], str]:
+    """The model folder of a checkpoint, the "config" of its model.json, and how to name it: a
+    run folder's best/ (with `which` best, when the run kept one) or the run's last epoch;
+    any other model folder as is."""
     from dlcr_cli.reid.model import CONFIG_FILE, read_model_json
     from dlcr_cli.reid.train import BEST_DIR
 
     best = Path(checkpoint) / BEST_DIR
     if which == "best" and (best / CONFIG_FILE).is_file():
-        chosen = read_model_json(best).get("config", {}).get("selection", {})
-        return best, (f"{best}: the model of epoch {chosen.get('epoch')}, the best {chosen.get('setting')} rank-1 of "
-                      f"the run's evaluations (CAL's reporting protocol: selected on the test set; --epoch last for "
-                      f"the last epoch's)")
-    epoch = read_model_json(checkpoint).get("config", {}).get("epoch")
-    return Path(checkpoint), f"{checkpoint}: the model of its last epoch" + (f" ({epoch})" if epoch else "")
+        config = read_model_json(best).get("config", {})
+        chosen = config.get("selection", {})
+        return best, config, (f"{best}: the model of epoch {chosen.get('epoch')}, the best {chosen.get('setting')} "
+                              f"rank-1 of the run's evaluations (CAL's reporting protocol: selected on the test set; "
+                              f"--epoch last for the last epoch's)")
+    config = read_model_json(checkpoint).get("config", {})
+    epoch = config.get("epoch")
+    return Path(checkpoint), config, f"{checkpoint}: the model of its last epoch" + (f" ({epoch})" if epoch else "")
 
 
 def extract_with_checkpoint(dataset: str, checkpoint: Path, s: Any, device: Any, *, variant: str | None = None,
@@ -76,14 +79,13 @@ def extract_with_checkpoint(dataset: str, checkpoint: Path, s: Any, device: Any,
     from dlcr_cli.console import log
     from dlcr_cli.reid.data import load_reid_data
     from dlcr_cli.reid.features import DEFAULT_IMAGE_SIZE, extract_features
-    from dlcr_cli.reid.model import load_checkpoint, read_model_json
+    from dlcr_cli.reid.model import load_checkpoint
 
     data = load_reid_data(dataset, variant=variant, protocol=protocol)
     data.require("query", "gallery")
     log.info("evaluate: %s", data.summary())
-    folder, named = run_model(checkpoint, s.epoch)
+    folder, saved, named = run_model(checkpoint, s.epoch)
     log.info("evaluate: %s", named)
-    saved = read_model_json(folder).get("config", {})
     height, width = s.image_size or saved.get("image_size") or DEFAULT_IMAGE_SIZE
     size = (int(height), int(width))
     precision = (saved.get("precision") or "fp32") if s.precision == "auto" else s.precision
