@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dlcr_cli.errors import ConfigError, InputMissing, MalformedInput
+from dlcr_cli.errors import ConfigError, InputMissing, MalformedInput, UsageError
 
 FORMAT = "dlcr-discriminator"
 VERSION = 1
@@ -517,6 +517,11 @@ def make_optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
 
+class RunChanged(UsageError):
+    """A discriminator run that cannot be resumed as it is (other settings or inputs, no
+    readable record or state): exit 2 for the verb; `expand` trains afresh instead."""
+
+
 def save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
                history: dict[str, list[float]]) -> None:
     """state.safetensors (dlcr_cli.state: tensors and JSON, no pickle), atomically."""
@@ -526,7 +531,6 @@ def save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict[str, list[float]]]:
-    from dlcr_cli.errors import UsageError
     from dlcr_cli.state import read_state, restore_state
 
     path = folder / STATE_FILE
@@ -536,7 +540,7 @@ def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer)
         return int(meta["epoch"]), {k: list(v) for k, v in meta["history"].items()}
     except (OSError, RuntimeError, LookupError, TypeError, ValueError) as err:
         # a torn or foreign file: nothing to resume from
-        raise UsageError(f"--resume: cannot read the training state {path} ({type(err).__name__}); "
+        raise RunChanged(f"--resume: cannot read the training state {path} ({type(err).__name__}); "
                          f"start a new run with another --out") from None
 
 

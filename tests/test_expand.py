@@ -213,6 +213,14 @@ def test_discriminator_guidance_runs_the_authors_two_passes_and_resumes(dlcr, sy
     assert "inpaint-guided: finished in an earlier run" not in weaker.stderr
     assert all(Path(r["image"]).read_bytes() != old for r, old in zip(weaker.records, guided_bytes))
 
+    # another discriminator setting: the run in discriminator/ cannot be resumed, so it is
+    # trained afresh (not refused, nothing else lost) and the guided pass repaints
+    retrained = dlcr(*args, "--set", "discriminator.lr=1e-3")
+    assert retrained.code == 0, retrained.stderr
+    assert "training it again" in retrained.stderr and "inpaint: finished in an earlier run" in retrained.stderr
+    config = json.loads((tmp_path / "w/discriminator/discriminator.json").read_text())
+    assert config["training"]["lr"] == 1e-3
+
 
 def test_discriminator_guidance_needs_the_diffusion_backend(dlcr, synth_data, tmp_path):
     run = weight_free(dlcr, synth_data, tmp_path / "w", "--discriminator-guidance")

@@ -121,7 +121,7 @@ def check_folder(out: Path, resume: bool, now: dict[str, Any], inputs: dict[str,
     a resumed one must keep its settings and inputs (exit 2 naming what changed)."""
     import json
 
-    from dlcr_cli.discriminator import RUN_FILE, STATE_FILE
+    from dlcr_cli.discriminator import RUN_FILE, STATE_FILE, RunChanged
     from dlcr_cli.errors import UsageError
 
     has_run = (out / STATE_FILE).is_file()
@@ -133,14 +133,14 @@ def check_folder(out: Path, resume: bool, now: dict[str, Any], inputs: dict[str,
         before = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
         settings, used = before["settings"], before["inputs"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise UsageError(f"--resume: {out} has no readable record of its settings and inputs ({RUN_FILE}); "
+        raise RunChanged(f"--resume: {out} has no readable record of its settings and inputs ({RUN_FILE}); "
                          f"start a new run with another --out") from None
     changed = _changed_settings(settings, now)
     if changed:
-        raise UsageError(f"--resume keeps the run's settings; these differ from {out / RUN_FILE}: {', '.join(changed)}")
+        raise RunChanged(f"--resume keeps the run's settings; these differ from {out / RUN_FILE}: {', '.join(changed)}")
     problem = _changed_inputs(used, inputs)
     if problem:
-        raise UsageError(f"--resume continues a run on the images it started with; {problem}")
+        raise RunChanged(f"--resume continues a run on the images it started with; {problem}")
     return True
 
 

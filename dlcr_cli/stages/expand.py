@@ -285,6 +285,7 @@ def _train_discriminator(generated: list[Record], settings: Any, out: Path) -> P
     afresh when the pass or the settings changed since, as a fresh run would."""
     import shutil
 
+    from dlcr_cli.discriminator import RunChanged
     from dlcr_cli.errors import UsageError
     from dlcr_cli.stages.discriminator import run_discriminator
 
@@ -296,7 +297,7 @@ def _train_discriminator(generated: list[Record], settings: Any, out: Path) -> P
              len(generated), folder)
     try:
         run_discriminator(str(records), folder, settings, resume=True)
-    except UsageError as err:  # another pass or other settings since: what a fresh run would train
+    except RunChanged as err:  # another pass or other settings since: what a fresh run would train
         log.info("expand: %s: training it again", err)
         shutil.rmtree(folder)
         run_discriminator(str(records), folder, settings, resume=True)
