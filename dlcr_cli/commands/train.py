@@ -14,8 +14,6 @@ from dlcr_cli.settings import DEFAULTS
 D = DEFAULTS.train
 DATASET_HELP = ("A dataset root (PRCC, LTCC, VC-Clothes, LaST, DeepChange, CCVID: layout detected), a JSONL file "
                 "of records with split train (query/gallery for evaluation), or - for records on stdin.")
-# Settings a resumed run may change: they do not alter what the finished epochs computed.
-RESUMABLE_CHANGES = {"epochs", "workers", "eval_every"}
 
 
 class Loss(str, Enum):
@@ -98,27 +96,18 @@ def train(
     data = load_reid_data(dataset)  # input errors before anything is built
     data.require("train")
     log.info("train: %s", data.summary())
-    from dlcr_cli.reid.train import Trainer, resolve_for_data, truncate_metrics
+    from dlcr_cli.reid.train import resolve_for_data
 
     device = resolve_device(settings.device)
     s = resolve_for_data(settings.train, data, device)
     if s.video:
         log.info("train: video model on clips of %d frames at stride %d (tracklets cut every %d frames)",
                  s.clip_length, s.clip_stride, s.dense_step)
-    _check_run_folder(out, s, resume, generated)
     variants = _variants(generated, data)
-    shard = current_shard()
-    inputs = _check_inputs(out, data, variants, s.backbone, resume) if shard.is_main else None
-    trainer = Trainer(data, s, out, device=device, variants=variants)
-    if resume:
-        done = trainer.load_state()
-        log.info("train: resuming %s after epoch %d of %d", out, done, s.epochs)
-        if shard.is_main:
-            truncate_metrics(out / "metrics.jsonl", done)
-    if shard.is_main:
-        _write_settings(out, s, dataset, generated, inputs)
-    trainer.fit(s.epochs, s.eval_every)
-    if shard.is_main:
+    from dlcr_cli.stages.train import train_run
+
+    train_run(data, s, out, device, variants, resume=resume, dataset=dataset, generated=generated)
+    if current_shard().is_main:
         _summary(out, as_json)
 
 
@@ -128,65 +117,6 @@ def _variants(generated: str | None, data) -> Any:
     from dlcr_cli.reid.generated import read_generated
 
     return read_generated(generated, data.train)
-
-
-def _settings_record(s, dataset: str, generated: str | None) -> dict[str, Any]:
-    return {"dataset": dataset, "generated": generated, "train": s.model_dump(mode="json")}
-
-
-def _check_run_folder(out: Path, s, resume: bool, generated: str | None) -> None:
-    """A finished or interrupted run is never overwritten; a resumed one must keep its settings."""
-    import json
-
-    from dlcr_cli.errors import UsageError
-    from dlcr_cli.reid.train import SETTINGS, STATE_FILE
-
-    has_run = (out / STATE_FILE).is_file()
-    if has_run and not resume:
-        raise UsageError(f"{out} holds a training run: --resume to continue it, or another --out")
-    if not resume or not has_run:
-        return
-    try:
-        before = json.loads((out / SETTINGS).read_text())["train"]
-    except (OSError, ValueError, KeyError):
-        return
-    now = s.model_dump(mode="json")
-    changed = sorted(key for key in now if key not in RESUMABLE_CHANGES and before.get(key) != now[key])
-    if changed:
-        raise UsageError(f"--resume keeps the run's settings; these differ from {out / SETTINGS}: {', '.join(changed)}")
-
-
-def _check_inputs(out: Path, data, variants, backbone: str, resume: bool) -> dict[str, Any]:
-    """The run's inputs now; a resumed run must have been trained on the same ones."""
-    import json
-
-    from dlcr_cli.errors import UsageError
-    from dlcr_cli.reid.train import INPUTS_FILE, STATE_FILE, changed_inputs, run_inputs
-
-    inputs = run_inputs(data, variants, backbone, out)
-    if not resume or not (out / STATE_FILE).is_file():
-        return inputs
-    try:
-        before = json.loads((out / INPUTS_FILE).read_text())
-    except (OSError, ValueError):
-        raise UsageError(f"--resume: {out} has no readable record of its inputs ({INPUTS_FILE}); "
-                         f"start a new run with another --out") from None
-    changed = changed_inputs(before, inputs)
-    if changed:
-        raise UsageError(f"--resume continues a run on the inputs it started with; changed since: {'; '.join(changed)}")
-    return inputs
-
-
-def _write_settings(out: Path, s, dataset: str, generated: str | None, inputs: dict[str, Any] | None) -> None:
-    import json
-
-    from dlcr_cli.io import write_text_atomic
-    from dlcr_cli.reid.train import INPUTS_FILE, SETTINGS
-
-    (out / INPUTS_FILE).parent.mkdir(parents=True, exist_ok=True)
-    if inputs is not None:
-        write_text_atomic(json.dumps(inputs) + "\n", out / INPUTS_FILE)
-    write_text_atomic(json.dumps(_settings_record(s, dataset, generated), indent=2) + "\n", out / SETTINGS)
 
 
 def _summary(out: Path, as_json: bool) -> None:
