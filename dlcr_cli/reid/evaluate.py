@@ -78,20 +78,27 @@ def extract_with_checkpoint(dataset: str, checkpoint: Path, s: Any, device: Any,
     checkpoint's, else 384x192, in `s.precision`, else the one the model was trained with."""
     from dlcr_cli.console import log
     from dlcr_cli.reid.data import load_reid_data
-    from dlcr_cli.reid.features import DEFAULT_IMAGE_SIZE, extract_features
-    from dlcr_cli.reid.model import load_checkpoint
 
     data = load_reid_data(dataset, variant=variant, protocol=protocol)
     data.require("query", "gallery")
     log.info("evaluate: %s", data.summary())
+    return extract_from_run(data, checkpoint, s, device)
+
+
+def extract_from_run(data: Any, checkpoint: Path, s: Any, device: Any, what: str = "evaluate") -> Extracted:
+    """The query and gallery features of `data` under a checkpoint (extract_with_checkpoint)."""
+    from dlcr_cli.console import log
+    from dlcr_cli.reid.features import DEFAULT_IMAGE_SIZE, extract_features
+    from dlcr_cli.reid.model import load_checkpoint
+
     folder, saved, named = run_model(checkpoint, s.epoch)
-    log.info("evaluate: %s", named)
+    log.info("%s: %s", what, named)
     height, width = s.image_size or saved.get("image_size") or DEFAULT_IMAGE_SIZE
     size = (int(height), int(width))
     precision = (saved.get("precision") or "fp32") if s.precision == "auto" else s.precision
     clip = tuple(int(v) for v in saved.get("clip") or (8, 4))
     model = load_checkpoint(folder, device)
-    log.info("evaluate: features of %d images at %dx%d on %s (%s)", len(data.query) + len(data.gallery), *size,
+    log.info("%s: features of %d images at %dx%d on %s (%s)", what, len(data.query) + len(data.gallery), *size,
              device, precision)
     features = extract_features(model, data, size=size, batch_size=s.batch_size, workers=s.workers, flip=s.flip,
                                 precision=precision, clip=clip)
