@@ -26,6 +26,7 @@ from dlcr_cli.commands import expand as expand_cmd
 from dlcr_cli.commands import inpaint as inpaint_cmd
 from dlcr_cli.commands import mask as mask_cmd
 from dlcr_cli.commands import refine as refine_cmd
+from dlcr_cli.commands import run as run_cmd
 from dlcr_cli.commands import summarize as summarize_cmd
 from dlcr_cli.commands import synth as synth_cmd
 from dlcr_cli.commands import train as train_cmd
@@ -121,6 +122,7 @@ def root(
 
 
 app.command("demo")(demo_cmd.demo)
+app.command("run", no_args_is_help=True)(run_cmd.run)
 app.command("synth", no_args_is_help=True)(synth_cmd.synth)
 app.command("mask", no_args_is_help=True)(mask_cmd.mask)
 app.command("describe", no_args_is_help=True)(describe_cmd.describe)
