@@ -57,13 +57,13 @@ def test_the_report_folder(quick):
     assert "| +DLCR without progressive |" in table and "CC R1" in table
     saved = json.loads((report / "results.json").read_text())
     assert saved["seeds"] == [0] and saved["per_seed"]["0"]["results"] == json.loads(result.stdout)
-    assert set(saved["per_seed"]["0"]["cc_cmc"]) == set(ROWS)
-    for picture in ("contact-sheet.png", "cmc.png"):
+    assert saved["setting"] == "cc" and set(saved["per_seed"]["0"]["cmc"]) == set(ROWS)
+    for picture in ("contact-sheet.png", "cmc.png", "retrieval.png"):
         with Image.open(report / picture) as img:
             assert img.width > 300 and img.height > 200
-    runs = out / "seed-0" / "runs"
-    assert {p.name for p in runs.iterdir()} == {"baseline", "dlcr", "dlcr_no_progressive"}
-    assert (runs / "dlcr" / "model.safetensors").is_file()
+    seed = out / "seed-0"
+    assert {p.name for p in seed.iterdir()} == {"data", "stage1", "baseline", "dlcr", "dlcr_no_progressive", "retrieval.png"}
+    assert (seed / "dlcr" / "model.safetensors").is_file()
 
 
 def test_started_again_it_reuses_the_finished_work(quick):
@@ -75,7 +75,7 @@ def test_started_again_it_reuses_the_finished_work(quick):
     again = CliRunner().invoke(app, ["--device", "cpu", "demo", "--quick", "--out", str(out), "--json"])
     assert again.exit_code == 0, again.stderr
     assert again.stderr.count("finished in an earlier run, reused") == 3
-    assert "demo: seed 0: training" not in again.stderr
+    assert "training 12 epochs" not in again.stderr and "inpaint: finished in an earlier run" in again.stderr
     assert json.loads(again.stdout) == json.loads(first.stdout)
 
 
@@ -87,10 +87,10 @@ def test_bad_seeds(dlcr, tmp_path, seeds):
 
 def test_the_cmc_plot_of_several_seeds_is_their_mean():
     """cmc.png once showed the first seed only when --seeds gave several."""
-    from dlcr_cli.demo import LABELS, ROWS, cmc_title, mean_curves
+    from dlcr_cli.experiment import LABELS, cmc_title, mean_curves
 
-    per_seed = {s: {"cc_cmc": {row: [0.1 * s + i for i in range(3)] for row in ROWS}} for s in (0, 1, 2)}
+    per_seed = {s: {"cmc": {row: [0.1 * s + i for i in range(3)] for row in ROWS}} for s in (0, 1, 2)}
     curves = mean_curves(per_seed, [0, 2])
     assert list(curves) == [LABELS[row] for row in ROWS]
     assert all(c.tolist() == pytest.approx([0.1, 1.1, 2.1]) for c in curves.values())
-    assert cmc_title([0, 2]) == "CC CMC, mean of seeds 0, 2" and cmc_title([3]) == "CC CMC, seed 3"
+    assert cmc_title("cc", [0, 2]) == "CC CMC, mean of seeds 0, 2" and cmc_title("cc", [3]) == "CC CMC, seed 3"

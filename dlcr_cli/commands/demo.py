@@ -12,22 +12,24 @@ from dlcr_cli.commands.common import state
 
 def demo(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Work folder: seed-S/ per seed (data, stage 1, runs) and report/.", file_okay=False)] = Path("dlcr-demo"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Work folder: seed-S/ per seed (data/, stage1/, the runs) and report/.", file_okay=False)] = Path("dlcr-demo"),
     seed: Annotated[int, typer.Option(help="Seed of the dataset and of the training.")] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Several seeds, comma-separated (e.g. 0,1,2): the report gives the mean and the spread.", show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A smaller dataset and fewer epochs (about 80 s on 2 cores instead of about 5.5 minutes).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"baseline": {...}, "dlcr": {...}, "dlcr_no_progressive": {...}, "dlcr_refined": {...}} on stdout, each the evaluate JSON plus train_seconds.')] = False,
 ) -> None:
-    """Run the whole DLCR method offline on the embedded synthetic benchmark and measure its
-    claim: training with clothes-changed images improves clothes-changing re-id.
+    """Run the paper's experiment (`dlcr run`) offline on the embedded synthetic benchmark and
+    measure its claim: training with clothes-changed images improves clothes-changing re-id.
 
-    Draws a dataset whose identities live outside their clothes (`dlcr synth`), runs stage 1
-    with the weight-free backends (masks from the label maps, colour descriptions, vote,
-    recolouring: 10 variants per training image, 4 per query), trains the same small model
-    three ways with the same seed and epochs (real images; + DLCR images with progressive
-    learning; + DLCR without it), evaluates each with the LTCC protocol and refines +DLCR with
-    the query variants. Prints the table and writes OUT/report (results.md, results.json,
-    contact-sheet.png, cmc.png). Started again, finished stages and runs are reused.
+    Draws a dataset whose identities live outside their clothes (`dlcr synth`) per seed, then
+    runs `dlcr run --weight-free --without-progressive` on it with the demo's scaled schedule:
+    stage 1 with the weight-free backends (masks from the label maps, colour descriptions,
+    vote, recolouring: 10 variants per training image, 4 per query), the same small model
+    trained three ways with the same seed and epochs (real images; + DLCR images with
+    progressive learning; + DLCR without it), each evaluated with the LTCC protocol, +DLCR
+    refined with the query variants. Prints the table and writes OUT/report (results.md,
+    results.json, cmc.png, retrieval.png, contact-sheet.png). Started again, finished stages
+    and runs are reused.
 
     Examples:
 
@@ -40,36 +42,14 @@ def demo(
     import json
     import sys
 
+    from dlcr_cli.commands.run import parse_seeds
     from dlcr_cli.demo import run_demo
-    from dlcr_cli.errors import UsageError
+    from dlcr_cli.experiment import mean_results
     from dlcr_cli.runtime import resolve_device
 
-    try:
-        chosen = [int(s) for s in seeds.split(",") if s.strip()] if seeds else [seed]
-    except ValueError:
-        raise UsageError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {seeds!r}") from None
-    if not chosen or any(s < 0 for s in chosen) or len(set(chosen)) != len(chosen):
-        raise UsageError(f"--seeds takes distinct non-negative integers; got {seeds!r}")
+    chosen = parse_seeds(seeds, seed)
     device = resolve_device(state(ctx).resolve().settings.device)
     per_seed, _ = run_demo(out, chosen, quick, device)
     if as_json:
-        results = per_seed[chosen[0]]["results"] if len(chosen) == 1 else _mean(per_seed)
+        results = per_seed[chosen[0]]["results"] if len(chosen) == 1 else mean_results(per_seed)
         sys.stdout.write(json.dumps(results) + "\n")
-
-
-def _mean(per_seed: dict) -> dict:
-    """The rows' numbers averaged over seeds, in the one-seed shape (counts from the first)."""
-    from statistics import fmean
-
-    runs = [run["results"] for run in per_seed.values()]
-    first = runs[0]
-    out: dict = {}
-    for row, settings in first.items():
-        out[row] = {}
-        for name, value in settings.items():
-            if isinstance(value, dict):
-                out[row][name] = {k: (fmean(r[row][name][k] for r in runs) if k not in ("queries", "skipped") else v)
-                                  for k, v in value.items()}
-            else:
-                out[row][name] = fmean(r[row][name] for r in runs)
-    return out
