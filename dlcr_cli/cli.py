@@ -30,7 +30,7 @@ from dlcr_cli.commands import run as run_cmd
 from dlcr_cli.commands import summarize as summarize_cmd
 from dlcr_cli.commands import synth as synth_cmd
 from dlcr_cli.commands import train as train_cmd
-from dlcr_cli.commands.common import AppState
+from dlcr_cli.commands.common import AppState, settings_help
 from dlcr_cli.console import error_line, setup_logging
 from dlcr_cli.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, DlcrError
 
@@ -124,15 +124,15 @@ def root(
 app.command("demo")(demo_cmd.demo)
 app.command("run", no_args_is_help=True)(run_cmd.run)
 app.command("synth", no_args_is_help=True)(synth_cmd.synth)
-app.command("mask", no_args_is_help=True)(mask_cmd.mask)
-app.command("describe", no_args_is_help=True)(describe_cmd.describe)
-app.command("summarize", no_args_is_help=True)(summarize_cmd.summarize)
-app.command("inpaint", no_args_is_help=True)(inpaint_cmd.inpaint)
-app.command("discriminator", no_args_is_help=True)(discriminator_cmd.discriminator)
+app.command("mask", no_args_is_help=True, cls=settings_help("mask"))(mask_cmd.mask)
+app.command("describe", no_args_is_help=True, cls=settings_help("describe"))(describe_cmd.describe)
+app.command("summarize", no_args_is_help=True, cls=settings_help("summarize"))(summarize_cmd.summarize)
+app.command("inpaint", no_args_is_help=True, cls=settings_help("inpaint"))(inpaint_cmd.inpaint)
+app.command("discriminator", no_args_is_help=True, cls=settings_help("discriminator"))(discriminator_cmd.discriminator)
 app.command("expand", no_args_is_help=True)(expand_cmd.expand)
-app.command("train", no_args_is_help=True)(train_cmd.train)
-app.command("evaluate", no_args_is_help=True)(evaluate_cmd.evaluate)
-app.command("refine", no_args_is_help=True)(refine_cmd.refine)
+app.command("train", no_args_is_help=True, cls=settings_help("train"))(train_cmd.train)
+app.command("evaluate", no_args_is_help=True, cls=settings_help("evaluate"))(evaluate_cmd.evaluate)
+app.command("refine", no_args_is_help=True, cls=settings_help("refine", k="variants", variants=None))(refine_cmd.refine)
 app.add_typer(bench_cmd.app, name="bench")
 app.command("config")(config_cmd.config)
 app.command("completion", no_args_is_help=True)(completion_cmd.completion)

@@ -125,3 +125,40 @@ def test_synth_verb(dlcr, tmp_path):
         run = dlcr("synth", tmp_path / "e", *bad)
         assert run.code == 2 and run.stderr.startswith("dlcr: error:")
     assert not (tmp_path / "e").exists()
+
+
+def test_help_and_completion_load_no_settings_model():
+    """`dlcr --help` and a TAB press draw no option defaults, so they import neither
+    pydantic-settings nor the settings model (what kept them above 0.2x `import torch`)."""
+    light = ("pydantic_settings", "dlcr_cli.settings", "dlcr_cli.records")
+    probe_light = PROBE.replace("{heavy!r}", repr(light))
+    completion = {"_DLCR_COMPLETE": "complete_bash", "COMP_WORDS": "dlcr tr", "COMP_CWORD": "1"}
+    for argv, env in ((["dlcr", "--help"], {}), (["dlcr"], completion)):
+        result = subprocess.run([sys.executable, "-c", probe_light.format(argv=argv)], capture_output=True, text=True,
+                                env={**os.environ, **env}, timeout=60)
+        loaded = [line for line in result.stderr.splitlines() if line.startswith("HEAVY=")]
+        assert result.stdout and loaded == ["HEAVY="], (argv, loaded)
+
+
+def test_option_help_shows_the_settings_defaults(monkeypatch):
+    """Drawn from the settings model when help is drawn: a renamed option (refine -k), one that
+    only shares a setting's name (refine --variants, a file), sizes, lists and flags."""
+    from typer.testing import CliRunner
+
+    from dlcr_cli.cli import app
+    from dlcr_cli.settings import DEFAULTS
+
+    def help_of(*argv):
+        result = CliRunner().invoke(app, [*argv, "--help"], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        return {line.split()[1]: line for line in result.stdout.splitlines() if line.startswith("│ ") and "--" in line}
+
+    inpaint = help_of("inpaint")
+    assert "[default: 768x256]" in inpaint["--size"] and "[default: 10]" in inpaint["--variants"]
+    assert "[default: train]" in inpaint["--splits"] and "[default: no-compile]" in inpaint["--compile"]
+    assert "[default: background,hat,hair,face,arms,legs]" in help_of("mask")["--keep"]
+    assert "[default: flip]" in help_of("evaluate")["--flip"]
+    refine = help_of("refine")
+    assert "[default: 4]" in refine["--k"] and "[default:" not in refine["--variants"]
+    monkeypatch.setattr(DEFAULTS.mask, "batch_size", 5)
+    assert "[default: 5]" in help_of("mask")["--batch-size"]

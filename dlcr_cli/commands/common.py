@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from dlcr_cli.console import log, progress
 from dlcr_cli.errors import ItemsFailed
@@ -47,6 +48,51 @@ class AppState:
 
 def _set_only(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v.value if hasattr(v, "value") else v for k, v in values.items() if v is not None}
+
+
+class SettingsHelp(TyperCommand):
+    """A command whose options stand for the settings of one section (`section`; an option
+    named otherwise than its setting is in `renamed`, one that is no setting maps to None):
+    its help ends each such option's text with the setting's default, read when the help is
+    drawn, so that listing the commands or completing a word never loads the settings model
+    (pydantic-settings and the validators: most of what `dlcr --help` once cost)."""
+
+    section = ""
+    renamed: dict[str, str | None] = {}
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from dlcr_cli.settings import DEFAULTS
+
+        values = getattr(DEFAULTS, self.section)
+        for param in self.params:
+            field = self.renamed.get(param.name or "", param.name)
+            if not field or param.param_type_name != "option" or param.default is not None:
+                continue
+            bare = param.__dict__.setdefault("bare_help", param.help or "")
+            value = getattr(values, field, None)
+            if value is not None and "[default:" not in bare:
+                param.help = f"{bare}  \\[default: {show_value(value, param)}]".lstrip()
+        super().format_help(ctx, formatter)
+
+
+def settings_help(section: str, **renamed: str | None) -> type[TyperCommand]:
+    """The command class of a verb whose options set `section` (cli.py registers it)."""
+    return type(f"{section.title()}Help", (SettingsHelp,), {"section": section, "renamed": renamed})
+
+
+def show_value(value: Any, option: Any) -> str:
+    """A setting as one types it: a flag by its name, lists comma-separated, sizes
+    HEIGHTxWIDTH, floats short."""
+    if isinstance(value, bool):
+        names = option.opts if value else option.secondary_opts
+        return names[0] if names else ("on" if value else "off")
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(getattr(value, "value", value))
 
 
 def state(ctx: typer.Context) -> AppState:

@@ -8,9 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from dlcr_cli.commands.common import FailFastOpt, InputArg, emit, state
-from dlcr_cli.settings import DEFAULTS
 
-D = DEFAULTS.describe
 
 
 class Backend(str, Enum):
@@ -21,14 +19,14 @@ class Backend(str, Enum):
 def describe(
     ctx: typer.Context,
     input: InputArg,
-    backend: Annotated[Optional[Backend], typer.Option(help=f"vlm: a vision-language model; colors: name the garment colours of the parsing map (weight-free).  \\[default: {D.backend}]", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option(help=f"vlm: image-text-to-text model, hub id or folder.  \\[default: {D.model}]", show_default=False)] = None,
-    prompt: Annotated[Optional[str], typer.Option(help=f"vlm: the question asked.  \\[default: {D.prompt}]", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per model call.  \\[default: {D.batch_size}]", show_default=False)] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help=f"vlm: longest answer, in tokens.  \\[default: {D.max_new_tokens}]", show_default=False)] = None,
-    temperature: Annotated[Optional[float], typer.Option(help=f"vlm: sampling temperature, 0 for greedy.  \\[default: {D.temperature}]", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"vlm: random seed of the sampling.  \\[default: {D.seed}]", show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option(help=f"Threads reading images.  \\[default: {D.workers}]", show_default=False)] = None,
+    backend: Annotated[Optional[Backend], typer.Option(help="vlm: a vision-language model; colors: name the garment colours of the parsing map (weight-free).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="vlm: image-text-to-text model, hub id or folder.", show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="vlm: the question asked.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per model call.", show_default=False)] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="vlm: longest answer, in tokens.", show_default=False)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="vlm: sampling temperature, 0 for greedy.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="vlm: random seed of the sampling.", show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Threads reading images.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Describe records that already have a description (default: pass them on).")] = False,
     fail_fast: FailFastOpt = False,
 ) -> None:

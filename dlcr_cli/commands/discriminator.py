@@ -8,9 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from dlcr_cli.commands.common import parse_size, state
-from dlcr_cli.settings import DEFAULTS
 
-D = DEFAULTS.discriminator
 INPUT_HELP = "dlcr inpaint's records (a JSONL file, or - for stdin): generated images with their `source`."
 
 
@@ -18,10 +16,10 @@ def discriminator(
     ctx: typer.Context,
     input: Annotated[str, typer.Argument(help=INPUT_HELP, metavar="INPUT", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder: discriminator.safetensors, discriminator.json, latents.safetensors, state.safetensors, run.json.", file_okay=False, show_default=False)],
-    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs (one pass over the larger class each).  \\[default: {D.epochs}]", show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Adam learning rate.  \\[default: {D.lr:g}]", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Real and generated latents per step, each.  \\[default: {D.batch_size}]", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Seed of the init, the held-out split, the batches, t and the noise.  \\[default: {D.seed}]", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (one pass over the larger class each).", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Real and generated latents per step, each.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the init, the held-out split, the batches, t and the noise.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out after its last finished epoch (--epochs may be raised).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the training record (epochs, losses, held-out accuracies) as JSON on stdout.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any setting, SECTION.KEY=VALUE (TOML value; inpaint.size also HxW), repeatable: --set inpaint.model=DIR --set inpaint.size=768x256 --set discriminator.width=64.", show_default=False)] = None,

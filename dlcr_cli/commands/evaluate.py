@@ -10,9 +10,7 @@ import typer
 
 from dlcr_cli.commands.common import parse_size, state
 from dlcr_cli.commands.train import Precision
-from dlcr_cli.settings import DEFAULTS
 
-D = DEFAULTS.evaluate
 DATASET_HELP = ("A dataset root (PRCC, LTCC, VC-Clothes, LaST, DeepChange, CCVID: layout detected), a JSONL file "
                 "of records with split query/gallery, or - for records on stdin.")
 
@@ -32,15 +30,15 @@ def evaluate(
     protocol: Annotated[Optional[str], typer.Option("--protocol", help="Records: evaluate with this dataset's protocol (prcc, ltcc, vcclothes, last, deepchange, ccvid, generic) instead of the one their dataset field names.", show_default=False)] = None,
     save_features: Annotated[Optional[Path], typer.Option("--save-features", help="Also write the extracted features, labels and settings to this .npz (evaluate it again with --features).", dir_okay=False, show_default=False)] = None,
     image_size: Annotated[Optional[str], typer.Option(help="HEIGHTxWIDTH the model sees.  \\[default: the checkpoint's, else 384x192]", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per forward pass.  \\[default: {D.batch_size}]", show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option(help=f"Threads reading images.  \\[default: {D.workers}]", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per forward pass.", show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Threads reading images.", show_default=False)] = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Add the mirrored image's embedding.  \\[default: flip]", show_default=False)] = None,
     precision: Annotated[Optional[Precision], typer.Option(help="fp32, or fp16 / bf16 autocast.  \\[default: auto: the precision the model was trained and evaluated with]", show_default=False)] = None,
     epoch: Annotated[Optional[Epoch], typer.Option(help="Of a run folder: its best evaluated epoch's model (best/, CAL's reporting protocol), or its last epoch's.  \\[default: best when the run kept one]", show_default=False)] = None,
     rerank: Annotated[Optional[bool], typer.Option("--rerank/--no-rerank", help="k-reciprocal re-ranking of every setting.  \\[default: no-rerank]", show_default=False)] = None,
-    k1: Annotated[Optional[int], typer.Option(help=f"Re-ranking: k-reciprocal neighbours.  \\[default: {D.k1}]", show_default=False)] = None,
-    k2: Annotated[Optional[int], typer.Option(help=f"Re-ranking: query expansion neighbours.  \\[default: {D.k2}]", show_default=False)] = None,
-    lambda_value: Annotated[Optional[float], typer.Option("--lambda", help=f"Re-ranking: weight of the original distance.  \\[default: {D.lambda_value}]", show_default=False)] = None,
+    k1: Annotated[Optional[int], typer.Option(help="Re-ranking: k-reciprocal neighbours.", show_default=False)] = None,
+    k2: Annotated[Optional[int], typer.Option(help="Re-ranking: query expansion neighbours.", show_default=False)] = None,
+    lambda_value: Annotated[Optional[float], typer.Option("--lambda", help="Re-ranking: weight of the original distance.", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write cmc.png and retrieval-SETTING.png (queries and their top 10: green good, red wrong, grey junk) here.", file_okay=False, show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"SETTING": {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "queries", "skipped"}} on stdout (fractions in 0..1).')] = False,
 ) -> None:

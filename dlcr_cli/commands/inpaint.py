@@ -9,9 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from dlcr_cli.commands.common import FailFastOpt, InputArg, OverwriteOpt, emit, parse_size, state
-from dlcr_cli.settings import DEFAULTS
 
-D = DEFAULTS.inpaint
 SHARD_FOLDER = ".dlcr-inpaint-shards"
 """Inside --out: each process's records under a launcher, until the main process merges them."""
 
@@ -35,24 +33,24 @@ def inpaint(
     ctx: typer.Context,
     input: InputArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; it mirrors the sources' tree.", file_okay=False, show_default=False)],
-    backend: Annotated[Optional[Backend], typer.Option(help=f"diffusion: a diffusers inpainting model; recolor: recolour each garment to the target's colour (weight-free).  \\[default: {D.backend}]", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option(help=f"diffusion: inpainting pipeline, hub id or folder.  \\[default: {D.model}]", show_default=False)] = None,
+    backend: Annotated[Optional[Backend], typer.Option(help="diffusion: a diffusers inpainting model; recolor: recolour each garment to the target's colour (weight-free).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="diffusion: inpainting pipeline, hub id or folder.", show_default=False)] = None,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSON {clothing id: prompt} (dlcr summarize --prompts-out) to draw targets from, instead of the records' prompts.", dir_okay=False, show_default=False)] = None,
-    variants: Annotated[Optional[int], typer.Option("--variants", "-k", help=f"Target clothing ids per source image.  \\[default: {D.variants}]", show_default=False)] = None,
-    splits: Annotated[Optional[str], typer.Option(help=f"Comma-separated splits whose records are sources (records without a split always are).  \\[default: {','.join(D.splits)}]", show_default=False)] = None,
-    size: Annotated[Optional[str], typer.Option(help=f"diffusion: working HEIGHTxWIDTH, multiples of 8.  \\[default: {D.size[0]}x{D.size[1]}]", show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option(help=f"diffusion: denoising steps.  \\[default: {D.steps}]", show_default=False)] = None,
-    guidance: Annotated[Optional[float], typer.Option(help=f"diffusion: classifier-free guidance scale.  \\[default: {D.guidance}]", show_default=False)] = None,
-    strength: Annotated[Optional[float], typer.Option(help=f"diffusion: how far the masked region is noised (1: fully).  \\[default: {D.strength}]", show_default=False)] = None,
-    scheduler: Annotated[Optional[Scheduler], typer.Option(help=f"diffusion: default (the checkpoint's own) or dpm (DPM-Solver++, 20-25 steps suffice).  \\[default: {D.scheduler}]", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per pipeline call.  \\[default: {D.batch_size}]", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Seed of the targets drawn and of every variant's noise.  \\[default: {D.seed}]", show_default=False)] = None,
-    format: Annotated[Optional[Format], typer.Option("--format", help=f"files: STEM_vK.png per variant; strip: the released format, one PNG of K tiles and a .txt per source.  \\[default: {D.format}]", show_default=False)] = None,
+    variants: Annotated[Optional[int], typer.Option("--variants", "-k", help="Target clothing ids per source image.", show_default=False)] = None,
+    splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits whose records are sources (records without a split always are).", show_default=False)] = None,
+    size: Annotated[Optional[str], typer.Option(help="diffusion: working HEIGHTxWIDTH, multiples of 8.", show_default=False)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="diffusion: denoising steps.", show_default=False)] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="diffusion: classifier-free guidance scale.", show_default=False)] = None,
+    strength: Annotated[Optional[float], typer.Option(help="diffusion: how far the masked region is noised (1: fully).", show_default=False)] = None,
+    scheduler: Annotated[Optional[Scheduler], typer.Option(help="diffusion: default (the checkpoint's own) or dpm (DPM-Solver++, 20-25 steps suffice).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per pipeline call.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the targets drawn and of every variant's noise.", show_default=False)] = None,
+    format: Annotated[Optional[Format], typer.Option("--format", help="files: STEM_vK.png per variant; strip: the released format, one PNG of K tiles and a .txt per source.", show_default=False)] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="diffusion: torch.compile the UNet.  \\[default: no-compile]", show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option(help=f"Threads reading and writing images.  \\[default: {D.workers}]", show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Threads reading and writing images.", show_default=False)] = None,
     discriminator: Annotated[Optional[Path], typer.Option("--discriminator", help="diffusion: discriminator guidance with this `dlcr discriminator` folder (trained for this pipeline and --size).  \\[default: none]", file_okay=False, show_default=False)] = None,
-    dg_weight: Annotated[Optional[float], typer.Option("--dg-weight", help=f"diffusion: discriminator guidance weight (0: unguided).  \\[default: {D.dg_weight:g}]", show_default=False)] = None,
-    dg_min_t: Annotated[Optional[int], typer.Option("--dg-min-t", help=f"diffusion: guide only the steps with timestep t > this (of 1000).  \\[default: {D.dg_min_t}]", show_default=False)] = None,
+    dg_weight: Annotated[Optional[float], typer.Option("--dg-weight", help="diffusion: discriminator guidance weight (0: unguided).", show_default=False)] = None,
+    dg_min_t: Annotated[Optional[int], typer.Option("--dg-min-t", help="diffusion: guide only the steps with timestep t > this (of 1000).", show_default=False)] = None,
     preview: Annotated[Optional[Path], typer.Option("--preview", help="Also write a contact sheet PNG: the first sources, their masks and variants with prompts.", dir_okay=False, show_default=False)] = None,
     overwrite: OverwriteOpt = False,
     fail_fast: FailFastOpt = False,

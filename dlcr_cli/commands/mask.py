@@ -9,9 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from dlcr_cli.commands.common import FailFastOpt, InputArg, OverwriteOpt, emit, state
-from dlcr_cli.settings import DEFAULTS
 
-D = DEFAULTS.mask
 
 
 class Backend(str, Enum):
@@ -29,14 +27,14 @@ def mask(
     ctx: typer.Context,
     input: InputArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: OUT/masks/REL.png (0/255) and OUT/parsing/REL.png (label ids).", file_okay=False, show_default=False)],
-    backend: Annotated[Optional[Backend], typer.Option(help=f"segformer: a segmentation model; parsing: existing label maps.  \\[default: {D.backend}]", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option(help=f"segformer: hub id or folder.  \\[default: {D.model}]", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per model call.  \\[default: {D.batch_size}]", show_default=False)] = None,
+    backend: Annotated[Optional[Backend], typer.Option(help="segformer: a segmentation model; parsing: existing label maps.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="segformer: hub id or folder.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per model call.", show_default=False)] = None,
     parsing_dir: Annotated[Optional[Path], typer.Option(help="parsing: folder of label maps; the map of ROOT/a/b.jpg is DIR/a/b.png.", file_okay=False, show_default=False)] = None,
     labels: Annotated[Optional[LabelSet], typer.Option(help="parsing: label set of the maps.  \\[default: auto]", show_default=False)] = None,
-    keep: Annotated[Optional[str], typer.Option(help=f"Comma-separated labels never repainted.  \\[default: {','.join(D.keep)}]", show_default=False)] = None,
+    keep: Annotated[Optional[str], typer.Option(help="Comma-separated labels never repainted.", show_default=False)] = None,
     dilation: Annotated[Optional[int], typer.Option(help="Grow masks by this many pixels.  \\[default: 0]", show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option(help=f"Threads reading and writing images.  \\[default: {D.workers}]", show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Threads reading and writing images.", show_default=False)] = None,
     overwrite: OverwriteOpt = False,
     fail_fast: FailFastOpt = False,
 ) -> None:

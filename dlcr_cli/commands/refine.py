@@ -9,9 +9,7 @@ import typer
 
 from dlcr_cli.commands.common import state
 from dlcr_cli.commands.evaluate import DATASET_HELP
-from dlcr_cli.settings import DEFAULTS
 
-D = DEFAULTS.refine
 
 
 def refine(
@@ -25,8 +23,8 @@ def refine(
     weight_free: Annotated[bool, typer.Option("--weight-free", help="--generate with the weight-free backends (parsing maps, colours, vote, recolouring).")] = False,
     parsing_dir: Annotated[Optional[Path], typer.Option(help="--generate: existing label maps for the mask stage (the parsing backend).", file_okay=False, show_default=False)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="--generate: any stage setting, SECTION.KEY=VALUE, repeatable.", show_default=False)] = None,
-    k: Annotated[Optional[int], typer.Option("--k", "-k", help=f"Variants per query used.  \\[default: {D.variants}]", show_default=False)] = None,
-    top: Annotated[Optional[int], typer.Option("--top", help=f"Size of the top lists re-scored.  \\[default: {D.top}]", show_default=False)] = None,
+    k: Annotated[Optional[int], typer.Option("--k", "-k", help="Variants per query used.", show_default=False)] = None,
+    top: Annotated[Optional[int], typer.Option("--top", help="Size of the top lists re-scored.", show_default=False)] = None,
     setting: Annotated[Optional[str], typer.Option("--setting", help="Settings to report, comma-separated, or all.  \\[default: all]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"before": {SETTING: {...}}, "after": {...}} on stdout, each as dlcr evaluate --json.')] = False,
 ) -> None:

@@ -9,9 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from dlcr_cli.commands.common import FailFastOpt, InputArg, emit, state
-from dlcr_cli.settings import DEFAULTS
 
-D = DEFAULTS.summarize
 
 
 class Backend(str, Enum):
@@ -22,13 +20,13 @@ class Backend(str, Enum):
 def summarize(
     ctx: typer.Context,
     input: InputArg,
-    backend: Annotated[Optional[Backend], typer.Option(help=f"llm: a language model extracts the items; vote: the majority item per garment (weight-free).  \\[default: {D.backend}]", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option(help=f"llm: causal LM with a chat template, hub id or folder (the paper: meta-llama/Llama-2-7b-chat-hf).  \\[default: {D.model}]", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"llm: clothing ids per model call.  \\[default: {D.batch_size}]", show_default=False)] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(help=f"llm: longest answer, in tokens.  \\[default: {D.max_new_tokens}]", show_default=False)] = None,
-    temperature: Annotated[Optional[float], typer.Option(help=f"llm: sampling temperature, 0 for greedy.  \\[default: {D.temperature}]", show_default=False)] = None,
-    top_p: Annotated[Optional[float], typer.Option(help=f"llm: nucleus sampling mass.  \\[default: {D.top_p}]", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"llm: random seed of the sampling.  \\[default: {D.seed}]", show_default=False)] = None,
+    backend: Annotated[Optional[Backend], typer.Option(help="llm: a language model extracts the items; vote: the majority item per garment (weight-free).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="llm: causal LM with a chat template, hub id or folder (the paper: meta-llama/Llama-2-7b-chat-hf).", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="llm: clothing ids per model call.", show_default=False)] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="llm: longest answer, in tokens.", show_default=False)] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="llm: sampling temperature, 0 for greedy.", show_default=False)] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="llm: nucleus sampling mass.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="llm: random seed of the sampling.", show_default=False)] = None,
     prompts_out: Annotated[Optional[Path], typer.Option("--prompts-out", help="Also write the clothing id -> prompt table to this JSON file.", dir_okay=False, show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Summarize clothing ids whose records all have a prompt already (default: keep it).")] = False,
     fail_fast: FailFastOpt = False,

@@ -9,9 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from dlcr_cli.commands.common import parse_pk, parse_size, state
-from dlcr_cli.settings import DEFAULTS
 
-D = DEFAULTS.train
 DATASET_HELP = ("A dataset root (PRCC, LTCC, VC-Clothes, LaST, DeepChange, CCVID: layout detected), a JSONL file "
                 "of records with split train (query/gallery for evaluation), or - for records on stdin.")
 
@@ -38,16 +36,16 @@ def train(
     dataset: Annotated[str, typer.Argument(help=DATASET_HELP, metavar="DATASET", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: model.safetensors, model.json, settings.json, metrics.jsonl, state/.", file_okay=False, show_default=False)],
     generated: Annotated[Optional[str], typer.Option("--generated", "-g", help="Generated variants of the training images: dlcr inpaint records (JSONL), its output folder, or the authors' released strip format.", show_default=False)] = None,
-    backbone: Annotated[Optional[str], typer.Option(help=f"transformers vision backbone (hub id or folder), or builtin:small (random init, no weights).  \\[default: {D.backbone}]", show_default=False)] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="transformers vision backbone (hub id or folder), or builtin:small (random init, no weights).", show_default=False)] = None,
     loss: Annotated[Optional[Loss], typer.Option(help="cal: identity + clothes adversarial (CAL); ce: the identity baseline.  \\[default: cal]", show_default=False)] = None,
     video: Annotated[Optional[bool], typer.Option("--video/--images", help="Train the video model on clips of tracklets, or on single frames.  \\[default: video when the training records are tracklets, as CCVID's]", show_default=False)] = None,
     image_size: Annotated[Optional[str], typer.Option(help="HEIGHTxWIDTH of the training images.  \\[default: 384x192; video 256x128]", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs.  \\[default: 60; video 150]", show_default=False)] = None,
     batch: Annotated[Optional[str], typer.Option("--batch", help="PxK: the global batch (over all processes) of P chunks of K images (video: clips) of one identity each.  \\[default: 8x8; LaST, DeepChange, video 16x4]", show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Adam learning rate.  \\[default: {D.lr}]", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help=f"Seed of the init, the batches, the augmentation and the variant draws.  \\[default: {D.seed}]", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the init, the batches, the augmentation and the variant draws.", show_default=False)] = None,
     progressive: Annotated[Optional[bool], typer.Option("--progressive/--no-progressive", help="Progressive learning: early epochs draw from the first variants only.  \\[default: progressive]", show_default=False)] = None,
-    workers: Annotated[Optional[int], typer.Option(help=f"DataLoader worker processes (0: the main process).  \\[default: {D.workers}]", show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (0: the main process).", show_default=False)] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Evaluate every N epochs and after the last (0: after the last only).  \\[default: 5; video 10]", show_default=False)] = None,
     keep: Annotated[Optional[Keep], typer.Option(help="best: also keep the best evaluated epoch's model in best/ (CAL's reporting protocol: selected on the test set); last: the last epoch only.  \\[default: best]", show_default=False)] = None,
     precision: Annotated[Optional[Precision], typer.Option(help="Arithmetic of training and its evaluations: fp32, or fp16 / bf16 autocast.  \\[default: auto: CAL's, fp16 for LaST and DeepChange on CUDA, else fp32]", show_default=False)] = None,
