@@ -335,7 +335,7 @@ def write_report(report: Path, per_seed: dict[int, dict[str, Any]], plan: Plan, 
     spread = " (mean, min-max over seeds)" if len(seeds) > 1 else ""
     lines = [f"# {plan.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
              *("| " + " | ".join(row) + " |" for row in table_rows(summary, settings, len(seeds))), "",
-             f"Metrics in percent{spread}, seeds {', '.join(map(str, seeds))}. +DLCR over the baseline on "
+             f"Metrics in percent{spread}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}. +DLCR over the baseline on "
              f"{column_label(headline, 'rank-1')}: {gain(summary, headline):+.1f} points.", models_line(first, seeds[0]), ""]
     shown = first.get("retrieval") or {}
     if shown.get("queries"):

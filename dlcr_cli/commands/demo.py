@@ -15,7 +15,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Work folder: seed-S/ per seed (data/, stage1/, the runs) and report/.", file_okay=False)] = Path("dlcr-demo"),
     seed: Annotated[int, typer.Option(help="Seed of the dataset and of the training.")] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Several seeds, comma-separated (e.g. 0,1,2): the report gives the mean and the spread.", show_default=False)] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A smaller dataset and fewer epochs (about 80 s on 2 cores instead of about 5.5 minutes).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller dataset and fewer epochs (about 1 minute on 2 cores instead of about 4 minutes a seed).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"baseline": {...}, "dlcr": {...}, "dlcr_no_progressive": {...}, "dlcr_refined": {...}} on stdout, each the evaluate JSON plus train_seconds.')] = False,
 ) -> None:
     """Run the paper's experiment (`dlcr run`) offline on the embedded synthetic benchmark and
