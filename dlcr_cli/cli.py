@@ -20,11 +20,14 @@ from dlcr_cli.commands import completion as completion_cmd
 from dlcr_cli.commands import config as config_cmd
 from dlcr_cli.commands import demo as demo_cmd
 from dlcr_cli.commands import describe as describe_cmd
+from dlcr_cli.commands import embed as embed_cmd
 from dlcr_cli.commands import discriminator as discriminator_cmd
 from dlcr_cli.commands import evaluate as evaluate_cmd
 from dlcr_cli.commands import expand as expand_cmd
+from dlcr_cli.commands import export as export_cmd
 from dlcr_cli.commands import inpaint as inpaint_cmd
 from dlcr_cli.commands import mask as mask_cmd
+from dlcr_cli.commands import push as push_cmd
 from dlcr_cli.commands import refine as refine_cmd
 from dlcr_cli.commands import run as run_cmd
 from dlcr_cli.commands import summarize as summarize_cmd
@@ -133,6 +136,9 @@ app.command("expand", no_args_is_help=True)(expand_cmd.expand)
 app.command("train", no_args_is_help=True, cls=settings_help("train"))(train_cmd.train)
 app.command("evaluate", no_args_is_help=True, cls=settings_help("evaluate"))(evaluate_cmd.evaluate)
 app.command("refine", no_args_is_help=True, cls=settings_help("refine", k="variants", variants=None))(refine_cmd.refine)
+app.command("embed", no_args_is_help=True, cls=settings_help("evaluate"))(embed_cmd.embed)
+app.command("push", no_args_is_help=True)(push_cmd.push)
+app.command("export", no_args_is_help=True)(export_cmd.export)
 app.add_typer(bench_cmd.app, name="bench")
 app.command("config")(config_cmd.config)
 app.command("completion", no_args_is_help=True)(completion_cmd.completion)

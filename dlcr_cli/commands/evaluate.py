@@ -23,7 +23,8 @@ class Epoch(str, Enum):
 def evaluate(
     ctx: typer.Context,
     dataset: Annotated[Optional[str], typer.Argument(help=DATASET_HELP, metavar="DATASET", show_default=False)] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="A dlcr train run folder (its model.json and model.safetensors).", file_okay=False, show_default=False)] = None,
+    checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="A dlcr train run folder (its model.json and model.safetensors), or a hub id (owner/name, e.g. one `dlcr push` uploaded) fetched into huggingface_hub's cache.", metavar="RUN", show_default=False)] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Of a hub id: the branch, tag or commit to load.  \\[default: main]", show_default=False)] = None,
     features: Annotated[Optional[Path], typer.Option("--features", help="Evaluate a feature file (.npz: query_feats, gallery_feats, query_pids, gallery_pids, query_camids, gallery_camids, query_clothes, gallery_clothes) instead of a model.", dir_okay=False, show_default=False)] = None,
     setting: Annotated[Optional[str], typer.Option("--setting", help="Settings to report, comma-separated (standard, cc, sc; PRCC: sc, cc), or all.  \\[default: all]", show_default=False)] = None,
     variant: Annotated[Optional[str], typer.Option("--variant", help="A dataset's alternative protocol: VC-Clothes sc (cameras 2 and 3) or cc (3 and 4), as CAL's vcclothes_sc / vcclothes_cc.", show_default=False)] = None,
@@ -51,7 +52,9 @@ def evaluate(
     A run folder gives its best epoch's model when training kept one (CAL's reporting
     protocol; `--epoch last` for the last), evaluated in the precision it was trained with. Per query, same-pid same-camera images are junk; cc also junks
     same-clothes ones and sc other-clothes ones; queries without a good match are skipped
-    and counted. The table goes to stderr, `--json` prints the numbers on stdout.
+    and counted. The table goes to stderr, `--json` prints the numbers on stdout. A hub id
+    (owner/name) as --checkpoint is fetched into huggingface_hub's cache (`--revision` pins a
+    branch, tag or commit; with HF_HUB_OFFLINE=1 the cached snapshot is used).
 
     Examples:
 
@@ -62,6 +65,8 @@ def evaluate(
         dlcr evaluate --features ltcc.npz --rerank --json | jq .cc.rank1
 
         dlcr evaluate /data/VC-Clothes -c runs/vc --variant cc
+
+        dlcr evaluate /data/prcc -c user/cal-prcc-dlcr --revision v1
     """
     from dlcr_cli.reid.evaluate import Rerank, as_json as results_json, evaluate_settings, print_table, select_settings
     from dlcr_cli.runtime import resolve_device
@@ -74,16 +79,16 @@ def evaluate(
     wanted = [name.strip() for name in setting.split(",") if name.strip()] if setting else None
     device = resolve_device(settings.device)
     if features is not None:
-        if dataset is not None or checkpoint is not None or save_features is not None or variant or protocol:
+        if dataset is not None or checkpoint is not None or save_features is not None or variant or protocol or revision:
             from dlcr_cli.errors import UsageError
 
-            raise UsageError("--features evaluates a feature file alone: no DATASET, --checkpoint, --save-features, "
-                             "--variant or --protocol with it")
+            raise UsageError("--features evaluates a feature file alone: no DATASET, --checkpoint, --revision, "
+                             "--save-features, --variant or --protocol with it")
         from dlcr_cli.reid.features import load_features
 
         feature_set = load_features(features)
     else:
-        feature_set = _extract(dataset, checkpoint, s, device, variant, protocol)
+        feature_set = _extract(dataset, checkpoint, s, device, variant, protocol, revision)
         if save_features is not None:
             _save(feature_set, save_features)
     chosen = select_settings(feature_set, wanted)
@@ -102,13 +107,15 @@ def evaluate(
         sys.stdout.write(json.dumps(results_json(results)) + "\n")
 
 
-def _extract(dataset: str | None, checkpoint: Path | None, s, device, variant: str | None, protocol: str | None):
+def _extract(dataset: str | None, checkpoint: str | None, s, device, variant: str | None, protocol: str | None,
+             revision: str | None = None):
     from dlcr_cli.errors import UsageError
     from dlcr_cli.reid.evaluate import extract_with_checkpoint
 
     if dataset is None or checkpoint is None:
         raise UsageError("evaluate needs a DATASET and --checkpoint RUN, or --features FILE")
-    return extract_with_checkpoint(dataset, checkpoint, s, device, variant=variant, protocol=protocol).features
+    return extract_with_checkpoint(dataset, checkpoint, s, device, variant=variant, protocol=protocol,
+                                   revision=revision).features
 
 
 def _save(feature_set, path: Path) -> None:

@@ -15,11 +15,12 @@ from dlcr_cli.commands.evaluate import DATASET_HELP
 def refine(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(help=DATASET_HELP, metavar="DATASET", show_default=False)],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="A dlcr train run folder.", file_okay=False, show_default=False)],
+    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="A dlcr train run folder, or a hub id (owner/name) fetched into huggingface_hub's cache.", metavar="RUN", show_default=False)],
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Of a hub id: the branch, tag or commit to load.  \\[default: main]", show_default=False)] = None,
     variants: Annotated[Optional[str], typer.Option("--variants", help="The queries' generated variants: dlcr inpaint records (JSONL) or its output folder (also the strip format).", show_default=False)] = None,
     generate: Annotated[bool, typer.Option("--generate", help="Make the variants here: stage 1 (mask, describe, summarize, inpaint) on the queries, with the stage settings and the shared model cache.")] = False,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="--generate: draw target clothes from this {clothing id: prompt} JSON (the training set's, from dlcr expand or summarize) instead of describing the queries.", dir_okay=False, show_default=False)] = None,
-    work: Annotated[Optional[Path], typer.Option("--work", help="--generate: folder for the variants and their stage records (resumable).  \\[default: RUN/query-variants]", file_okay=False, show_default=False)] = None,
+    work: Annotated[Optional[Path], typer.Option("--work", help="--generate: folder for the variants and their stage records (resumable).  \\[default: RUN/query-variants; a hub id: ./query-variants-OWNER--NAME]", file_okay=False, show_default=False)] = None,
     weight_free: Annotated[bool, typer.Option("--weight-free", help="--generate with the weight-free backends (parsing maps, colours, vote, recolouring).")] = False,
     parsing_dir: Annotated[Optional[Path], typer.Option(help="--generate: existing label maps for the mask stage (the parsing backend).", file_okay=False, show_default=False)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="--generate: any stage setting, SECTION.KEY=VALUE, repeatable.", show_default=False)] = None,
@@ -44,6 +45,8 @@ def refine(
         dlcr refine /data/prcc -c runs/prcc --generate --prompts work/prompts.json --json
 
         dlcr refine data -c runs/small --generate --weight-free --parsing-dir data/parsing
+
+        dlcr refine /data/prcc -c user/cal-prcc-dlcr --revision v1 --variants qvar.jsonl
     """
     from dlcr_cli.console import log
     from dlcr_cli.errors import UsageError
@@ -60,9 +63,9 @@ def refine(
     resolved = state(ctx).resolve(refine=dict(variants=k, top=top), **sections).settings
     r, s = resolved.refine, resolved.evaluate
     device = resolve_device(resolved.device)
-    extracted = extract_with_checkpoint(dataset, checkpoint, s, device)
+    extracted = extract_with_checkpoint(dataset, checkpoint, s, device, revision=revision)
     data = extracted.data
-    source = variants if variants is not None else str(_generate(dataset, work or checkpoint / "query-variants",
+    source = variants if variants is not None else str(_generate(dataset, work or _default_work(checkpoint),
                                                                  resolved, r.variants, prompts))
     found = read_generated(source, data.query, what="query")
     missing = sum(not found.get(q.path) for q in data.query)  # frames, for video data
@@ -86,6 +89,13 @@ def refine(
         from dlcr_cli.reid.evaluate import as_json as scores
 
         sys.stdout.write(json.dumps({"before": scores(before), "after": scores(after)}) + "\n")
+
+
+def _default_work(checkpoint: str) -> Path:
+    """RUN/query-variants of a local run; for a hub id (its snapshot is the cache's, not
+    ours to write into) query-variants-OWNER--NAME in the current folder."""
+    local = Path(checkpoint).expanduser()
+    return local / "query-variants" if local.is_dir() else Path(f"query-variants-{checkpoint.replace('/', '--')}")
 
 
 def _generate(dataset: str, work: Path, settings: Any, k: int, prompts: Path | None) -> Path:

@@ -52,27 +52,35 @@ class Extracted:
     """A video model's test clips: length and stride."""
 
 
-def run_model(checkpoint: Path, which: str = "best") -> tuple[Path, dict[str, Any], str]:
+def run_model(checkpoint: str | Path, which: str = "best", *, revision: str | None = None
+              ) -> tuple[Path, dict[str, Any], str]:
     """The model folder of a checkpoint, the "config" of its model.json, and how to name it: a
     run folder's best/ (with `which` best, when the run kept one) or the run's last epoch;
-    any other model folder as is."""
+    any other model folder as is. A checkpoint that is no local path but a hub id (owner/name)
+    is its snapshot at `revision` in huggingface_hub's cache (dlcr_cli.hub.resolve_checkpoint)."""
+    from dlcr_cli.hub import resolve_checkpoint
     from dlcr_cli.reid.model import CONFIG_FILE, read_model_json
     from dlcr_cli.reid.train import BEST_DIR
 
-    best = Path(checkpoint) / BEST_DIR
+    folder = resolve_checkpoint(str(checkpoint), revision)
+    hub = "" if folder == Path(str(checkpoint)) else f"{checkpoint} ({revision or 'main'}) "
+    best = folder / BEST_DIR
     if which == "best" and (best / CONFIG_FILE).is_file():
-        config = read_model_json(best).get("config", {})
-        chosen = config.get("selection", {})
-        return best, config, (f"{best}: the model of epoch {chosen.get('epoch')}, the best {chosen.get('setting')} "
-                              f"rank-1 of the run's evaluations (CAL's reporting protocol: selected on the test set; "
-                              f"--epoch last for the last epoch's)")
-    config = read_model_json(checkpoint).get("config", {})
+        folder, last = best, "--epoch last for the last epoch's"
+    else:
+        last = "the model kept in best/ of its run"
+    config = read_model_json(folder).get("config", {})
+    chosen = config.get("selection")
+    if isinstance(chosen, dict):
+        return folder, config, (f"{hub}{folder}: the model of epoch {chosen.get('epoch')}, the best "
+                                f"{chosen.get('setting')} rank-1 of the run's evaluations (CAL's reporting protocol: "
+                                f"selected on the test set; {last})")
     epoch = config.get("epoch")
-    return Path(checkpoint), config, f"{checkpoint}: the model of its last epoch" + (f" ({epoch})" if epoch else "")
+    return folder, config, f"{hub}{folder}: the model of its last epoch" + (f" ({epoch})" if epoch else "")
 
 
-def extract_with_checkpoint(dataset: str, checkpoint: Path, s: Any, device: Any, *, variant: str | None = None,
-                            protocol: str | None = None) -> Extracted:
+def extract_with_checkpoint(dataset: str, checkpoint: str | Path, s: Any, device: Any, *, variant: str | None = None,
+                            protocol: str | None = None, revision: str | None = None) -> Extracted:
     """Load the dataset (its errors come before the model's), the checkpoint (its best/ or last
     epoch, `s.epoch`), and extract the query and gallery features at `s.image_size`, else the
     checkpoint's, else 384x192, in `s.precision`, else the one the model was trained with."""
@@ -82,27 +90,51 @@ def extract_with_checkpoint(dataset: str, checkpoint: Path, s: Any, device: Any,
     data = load_reid_data(dataset, variant=variant, protocol=protocol)
     data.require("query", "gallery")
     log.info("evaluate: %s", data.summary())
-    return extract_from_run(data, checkpoint, s, device)
+    return extract_from_run(data, checkpoint, s, device, revision=revision)
 
 
-def extract_from_run(data: Any, checkpoint: Path, s: Any, device: Any, what: str = "evaluate") -> Extracted:
+def extract_from_run(data: Any, checkpoint: str | Path, s: Any, device: Any, what: str = "evaluate", *,
+                     revision: str | None = None) -> Extracted:
     """The query and gallery features of `data` under a checkpoint (extract_with_checkpoint)."""
     from dlcr_cli.console import log
-    from dlcr_cli.reid.features import DEFAULT_IMAGE_SIZE, extract_features
-    from dlcr_cli.reid.model import load_checkpoint
+    from dlcr_cli.reid.features import extract_features
 
-    folder, saved, named = run_model(checkpoint, s.epoch)
-    log.info("%s: %s", what, named)
-    height, width = s.image_size or saved.get("image_size") or DEFAULT_IMAGE_SIZE
-    size = (int(height), int(width))
-    precision = (saved.get("precision") or "fp32") if s.precision == "auto" else s.precision
-    clip = tuple(int(v) for v in saved.get("clip") or (8, 4))
-    model = load_checkpoint(folder, device)
+    m = load_run_model(checkpoint, s, device, what, revision=revision)
+    model, size, precision, clip = m.model, m.size, m.precision, m.clip
     log.info("%s: features of %d images at %dx%d on %s (%s)", what, len(data.query) + len(data.gallery), *size,
              device, precision)
     features = extract_features(model, data, size=size, batch_size=s.batch_size, workers=s.workers, flip=s.flip,
                                 precision=precision, clip=clip)
     return Extracted(data, model, size, features, precision, clip)
+
+
+@dataclass
+class RunModel:
+    """A checkpoint's model, loaded on the device, with how its features are extracted."""
+
+    folder: Path
+    """The model folder run_model chose (a run's best/ or the run itself)."""
+    model: Any
+    size: tuple[int, int]
+    precision: str
+    clip: tuple[int, int]
+
+
+def load_run_model(checkpoint: str | Path, s: Any, device: Any, what: str = "evaluate", **where: Any) -> RunModel:
+    """The model of a checkpoint (run_model: its best/ or last epoch, `s.epoch`; `where`: more
+    of run_model's arguments) on `device`, at `s.image_size`, else the checkpoint's, else
+    384x192, in `s.precision`, else the one the model was trained with, with its test clips."""
+    from dlcr_cli.console import log
+    from dlcr_cli.reid.features import DEFAULT_IMAGE_SIZE
+    from dlcr_cli.reid.model import load_checkpoint
+
+    folder, saved, named = run_model(checkpoint, s.epoch, **where)
+    log.info("%s: %s", what, named)
+    height, width = s.image_size or saved.get("image_size") or DEFAULT_IMAGE_SIZE
+    precision = (saved.get("precision") or "fp32") if s.precision == "auto" else s.precision
+    clip = tuple(int(v) for v in saved.get("clip") or (8, 4))
+    model = load_checkpoint(folder, device)
+    return RunModel(Path(folder), model, (int(height), int(width)), precision, (int(clip[0]), int(clip[1])))
 
 
 def select_settings(features: FeatureSet, wanted: Sequence[str] | None) -> list[EvalSetting]:

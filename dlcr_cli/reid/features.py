@@ -86,6 +86,11 @@ def settings_over_all(n_query: int, n_gallery: int, modes: Sequence[str] = MODES
 
 def save_features(features: FeatureSet, path: Path) -> Path:
     """Write `features` to `path` (an .npz) atomically: a reader never sees half a file."""
+    return save_npz(feature_arrays(features), path)
+
+
+def feature_arrays(features: FeatureSet) -> dict[str, np.ndarray]:
+    """The arrays of a feature file (the module doc) holding `features`."""
     arrays: dict[str, np.ndarray] = {"query_feats": features.query.astype(np.float32),
                                      "gallery_feats": features.gallery.astype(np.float32)}
     for side, labels in (("query", features.query_labels), ("gallery", features.gallery_labels)):
@@ -99,6 +104,11 @@ def save_features(features: FeatureSet, path: Path) -> Path:
     arrays["setting_modes"] = np.array([s.mode for s in features.settings], dtype=str)
     for i, setting in enumerate(features.settings):
         arrays[f"setting_{i}_query"], arrays[f"setting_{i}_gallery"] = setting.query, setting.gallery
+    return arrays
+
+
+def save_npz(arrays: dict[str, np.ndarray], path: Path) -> Path:
+    """`arrays` as an .npz at `path`, written atomically (a temporary file, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -208,6 +218,12 @@ def extract_features(model: torch.nn.Module, data: ReidData, *, size: tuple[int,
     samples = data.query + data.gallery
     feats = embed_images(model, [s.path for s in samples], size=size, batch_size=batch_size, workers=workers,
                          flip=flip, precision=precision)
+    return image_feature_set(data, feats)
+
+
+def image_feature_set(data: ReidData, feats: np.ndarray) -> FeatureSet:
+    """The FeatureSet of `data` from the features of its query then gallery images, in that
+    order: one per image, or for video data one per tracklet (its frames' mean, normalised)."""
     query, gallery = feats[: len(data.query)], feats[len(data.query):]
     features = FeatureSet(query, gallery, _labels(data.query), _labels(data.gallery), list(data.settings),
                           data.name, [s.path for s in data.query], [s.path for s in data.gallery])
@@ -216,14 +232,15 @@ def extract_features(model: torch.nn.Module, data: ReidData, *, size: tuple[int,
 
 def embed_images(model: torch.nn.Module, images: Sequence[str | Variant], *, size: tuple[int, int],
                  batch_size: int = 128, workers: int = 4, flip: bool = True, precision: str = "fp32",
-                 what: str = "features") -> np.ndarray:
+                 what: str = "features", bar: Any = None) -> np.ndarray:
     """N x D float32 L2-normalised features of image files or generated variants (a strip's
-    tile), read and resized by threads while the model runs; progress as `what`."""
+    tile), read and resized by threads while the model runs; progress as `what` (or on the
+    caller's `bar`)."""
     from dlcr_cli.console import progress
     from dlcr_cli.reid.model import extract_features as embed
 
-    with progress(what, len(images)) as bar:
-        return embed(model, _batches(images, size, batch_size, workers, bar, _load_batch), flip=flip,
+    with progress(what, len(images), enabled=bar is None) as own:
+        return embed(model, _batches(images, size, batch_size, workers, bar or own, _load_batch), flip=flip,
                      precision=precision).numpy()
 
 
