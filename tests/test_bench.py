@@ -462,3 +462,44 @@ def test_digests_bench_reads_every_file_once_then_none(run_bench):
     report = json.loads(result.stdout)
     first, resume = report["rows"]
     assert (first["read"], resume["read"]) == (300, 0) and report["cache_mb"] > 0
+
+
+# --- dlcr bench embed ---------------------------------------------------------------------------
+
+
+def test_embed_bench_times_torch_and_the_exported_graph_on_the_same_features(run_bench):
+    result = run_bench("embed", "--arch", "small", "--size", "64x32", "--batch-sizes", "4,6", "--steps", "1", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["provider"] == "CPUExecutionProvider" and report["onnx_skipped"] is None
+    assert report["export_seconds"] > 0 and [row["batch"] for row in report["rows"]] == [4, 6]
+    for row in report["rows"]:
+        torch_row, ort_row = row["torch"], row["onnxruntime"]
+        assert torch_row["images"] == ort_row["images"] == row["batch"]  # one timed batch after the warm-up
+        assert row["ratio"] == pytest.approx(ort_row["images_per_s"] / torch_row["images_per_s"], rel=1e-2)
+        assert row["max_abs_diff"] <= 1e-4  # the same L2-normalised mirror-sum features
+    assert "onnxruntime images/s" in result.stderr
+
+
+def test_embed_bench_without_the_extra_times_torch_and_says_why(monkeypatch):
+    import torch
+
+    from dlcr_cli.bench import embed as bench_embed
+    from dlcr_cli.errors import Unavailable
+    from dlcr_cli.reid import export
+
+    def missing():
+        raise Unavailable(f"ONNX export needs onnx, onnxscript and onnxruntime: {export.EXTRA}")
+
+    monkeypatch.setattr(export, "require_extra", missing)
+    report = bench_embed.run_embed_bench(bench_embed.EmbedBenchSettings(arch="small", size=(32, 16), batch_sizes=(2,),
+                                                                        steps=1), torch.device("cpu"))
+    assert "dlcr[export]" in report["onnx_skipped"] and report["rows"][0]["onnxruntime"] is None
+    assert report["rows"][0]["torch"]["images_per_s"] > 0
+
+
+@pytest.mark.parametrize("args, says", [(["--batch-sizes", "64,x"], "--batch-sizes"), (["--batch-sizes", "0"], "positive"),
+                                        (["--size", "0x10"], "--size")])
+def test_embed_bench_bad_options(run_bench, args, says):
+    result = run_bench("embed", "--arch", "small", *args)
+    assert result.code == 2 and says in result.stderr and "Traceback" not in result.stderr

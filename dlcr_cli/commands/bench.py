@@ -210,6 +210,52 @@ def train(
     _maybe_json(report, as_json)
 
 
+@app.command("embed")
+def embed(
+    ctx: typer.Context,
+    arch: Annotated[TrainArch, typer.Option(
+        help="resnet50: microsoft/resnet-50's architecture (random weights); small: builtin:small.")] = TrainArch.resnet50,
+    size: Annotated[str, typer.Option(help="HEIGHTxWIDTH of the images.")] = "384x192",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes, one row each.")] = "64,256",
+    steps: Annotated[int, typer.Option(min=1, help="Timed batches per row (after one warm-up batch).")] = 3,
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="Also the exported ONNX graph under onnxruntime (dlcr[export]).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")] = False,
+) -> None:
+    """Images/s of test-time feature extraction: torch next to the graph `dlcr export` writes, run by onnxruntime.
+
+    The same feature both ways (the image's embedding plus its mirror image's,
+    L2-normalised), on normalised random images made before the clock starts (the model is
+    timed, not decoding). The graph is exported and checked as `dlcr export` does; onnxruntime
+    runs on its CPU provider, or CUDA's with onnxruntime-gpu on `--device cuda`. The table
+    (images/s, the ratio onnxruntime / torch, the largest feature difference) goes to
+    stderr; `--json` prints {settings, device, torch, export_seconds, provider, onnx_skipped,
+    rows: [{batch, torch, onnxruntime, ratio, max_abs_diff}]} on stdout.
+
+    Examples:
+
+        dlcr --device cpu bench embed
+
+        dlcr --device cuda bench embed --batch-sizes 64,256 --json > bench-embed.json
+
+        dlcr --device cpu bench embed --arch small --size 128x64 --batch-sizes 8
+    """
+    from dlcr_cli.bench.embed import EmbedBenchSettings, print_report, run_embed_bench
+    from dlcr_cli.errors import UsageError
+    from dlcr_cli.runtime import resolve_device
+
+    try:
+        batches = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise UsageError(f"--batch-sizes takes comma-separated integers, e.g. 64,256; got {batch_sizes!r}") from None
+    settings = EmbedBenchSettings(arch=arch.value, size=parse_size(size, "--size"), batch_sizes=batches, steps=steps,
+                                  onnx=onnx)
+    settings.check()
+    device = resolve_device(state(ctx).device or "auto")
+    report = run_embed_bench(settings, device)
+    print_report(report)
+    _maybe_json(report, as_json)
+
+
 @app.command("digests")
 def digests(
     files: Annotated[int, typer.Option(min=1, help="Input files (a dataset's images).")] = 100_000,
