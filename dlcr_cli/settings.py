@@ -144,7 +144,10 @@ class SummarizeSettings(Section):
 class InpaintSettings(Section):
     """`dlcr inpaint`: clothes-changed images, K per training image."""
 
-    backend: Literal["diffusion", "recolor"] = "diffusion"
+    backend: Literal["diffusion", "recolor", "transfer"] = "diffusion"
+    """diffusion: a diffusers inpainting model; recolor: each garment recoloured to the target
+    prompt's colour; transfer: each garment filled with the target clothing id's garment (texture
+    and colours) from one of its images (both weight-free, both need parsing maps)."""
     model: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"
     """diffusion backend: a diffusers inpainting pipeline (hub id or directory)."""
     variants: int = Field(10, gt=0)

@@ -17,6 +17,7 @@ SHARD_FOLDER = ".dlcr-inpaint-shards"
 class Backend(str, Enum):
     diffusion = "diffusion"
     recolor = "recolor"
+    transfer = "transfer"
 
 
 class Scheduler(str, Enum):
@@ -33,7 +34,7 @@ def inpaint(
     ctx: typer.Context,
     input: InputArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder; it mirrors the sources' tree.", file_okay=False, show_default=False)],
-    backend: Annotated[Optional[Backend], typer.Option(help="diffusion: a diffusers inpainting model; recolor: recolour each garment to the target's colour (weight-free).", show_default=False)] = None,
+    backend: Annotated[Optional[Backend], typer.Option(help="diffusion: a diffusers inpainting model; recolor: recolour each garment to the target's colour; transfer: fill each garment with the target clothing id's garment, texture and colours, from one of its images (both weight-free, both need parsing maps).", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(help="diffusion: inpainting pipeline, hub id or folder.", show_default=False)] = None,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSON {clothing id: prompt} (dlcr summarize --prompts-out) to draw targets from, instead of the records' prompts.", dir_okay=False, show_default=False)] = None,
     variants: Annotated[Optional[int], typer.Option("--variants", "-k", help="Target clothing ids per source image.", show_default=False)] = None,
@@ -62,6 +63,14 @@ def inpaint(
     fields, or `--prompts`); variant k is repainted inside the mask for target k's prompt and
     pasted back, so every pixel outside the mask is the source's. Records: `image`, `source`,
     `target_clothes`, `prompt`, `variant`, `seed` and the source's labels.
+
+    Weight-free backends (parsing maps needed, no model): `--backend recolor` recolours each
+    garment region to the target prompt's colour for it, keeping its shading; `--backend
+    transfer` fills each garment region with the same garment of one image of the target
+    clothing id (from the records read; chosen from `--seed`, source path, k), its texture and
+    colours resampled into the source garment's shape under the source's shading. A garment
+    the target image lacks comes from another target garment (top, coat or dress for a torso
+    garment, a dress for a bottom), else is recoloured to the prompt's colour for it.
 
     Reproducible and resumable: targets and noise come from (`--seed`, source path, k); an
     interrupted run started again skips what exists and gives byte-identical files.
@@ -117,7 +126,7 @@ def inpaint(
     if not table:
         raise InputMissing("no clothing id has a prompt: run dlcr summarize first, or pass --prompts FILE")
     jobs, failed = make_plan(sources, table, variants=s.variants, seed=s.seed, out=out, fmt=s.format)
-    painter = make_painter(settings)
+    painter = make_painter(settings, records)  # transfer: the target clothing ids' images and parsing maps
     digests = Digests(out / CACHE_NAME)  # one for every chunk: the cache file is read and written once
     work = partial(run_inpaint, painter=painter, fmt=s.format, overwrite=overwrite, workers=s.workers,
                    digests=digests)

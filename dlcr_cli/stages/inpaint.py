@@ -195,7 +195,7 @@ def read_source(record: Record, needs_parsing: bool) -> Source:
     if not needs_parsing:
         return Source(image, mask)
     if not record.parsing:
-        raise ItemError("no parsing map in the record (the recolor backend needs one; run dlcr mask)")
+        raise ItemError("no parsing map in the record (the recolor and transfer backends need one; run dlcr mask)")
     parsing = load_label_map(record.parsing)
     if parsing.shape != mask.shape:
         raise ItemError(f"parsing map is {parsing.shape[1]}x{parsing.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}")
@@ -221,6 +221,82 @@ class RecolorPainter:
         from dlcr_cli.recolor import recolour
 
         return [recolour(s.image, s.parsing, s.labels, p, s.mask) for s, p in zip(sources, prompts)]
+
+
+class TransferPainter:
+    """Weight-free: each garment region filled with the same garment of one image of the target
+    clothing id, its texture and colours carried over (dlcr_cli.transfer); garments the target
+    image lacks are recoloured to the prompt's colour for them.
+
+    The target image of variant k of a source is one of the target clothing id's records that
+    have a parsing map (sorted by path), chosen from the variant's seed, itself of (seed, source
+    path, k): the same on every run. One that cannot be read (or whose map is not the image's
+    size) gives way to the next in that order; when none can, the variant is recoloured from
+    the prompt alone (with a warning).
+    """
+
+    needs_parsing = True
+    needs_targets = True
+    fingerprint = "transfer 1"
+
+    def __init__(self, records: Iterable[Record], batch_size: int = 8) -> None:
+        self.batch_size = batch_size
+        self.candidates: dict[str, list[Record]] = {}
+        for record in records:
+            if record.clothes and record.parsing:
+                self.candidates.setdefault(record.clothes, []).append(record)
+        for group in self.candidates.values():
+            group.sort(key=rel_path)
+        self._read: dict[str, tuple[np.ndarray, np.ndarray, str] | str] = {}
+        self._warned: set[str] = set()
+
+    def paint(self, sources: list[Source], prompts: list[str], seeds: list[int],
+              targets: list[str] | None = None) -> list[np.ndarray]:
+        from dlcr_cli.transfer import transfer
+
+        if targets is None:
+            raise ValueError("the transfer painter needs each job's target clothing id")
+        out = []
+        for source, prompt, seed, target in zip(sources, prompts, seeds, targets):
+            image = self.target_image(target, seed)
+            donor = image if image is not None else (None, None, None)
+            out.append(transfer(source.image, source.parsing, source.labels, *donor, prompt, source.mask))
+        return out
+
+    def target_files(self, target: str) -> list[str]:
+        """The files a variant of `target` may paint from (its output's mark covers them)."""
+        return [str(path) for record in self.candidates.get(target, []) for path in (record.image, record.parsing)]
+
+    def target_image(self, target: str, seed: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """(image, parsing map, label set) of the target image of a variant, None without one."""
+        group = self.candidates.get(target, [])
+        start = stable_int("transfer", seed) % len(group) if group else 0
+        problems = []
+        for i in range(len(group)):
+            read = self._load(group[(start + i) % len(group)])
+            if not isinstance(read, str):
+                return read
+            problems.append(read)
+        if target not in self._warned:
+            self._warned.add(target)
+            why = "; ".join(problems) if problems else "no record of it has a parsing map"
+            log.warning("inpaint: clothing id %s has no usable target image for the transfer backend (%s): "
+                        "its variants are recoloured from its prompt", target, why)
+        return None
+
+    def _load(self, record: Record) -> tuple[np.ndarray, np.ndarray, str] | str:
+        key = record.image
+        if key not in self._read:
+            try:
+                image = np.asarray(load_rgb(record.image))
+                parsing = load_label_map(record.parsing)
+                if parsing.shape != image.shape[:2]:
+                    raise ItemError(f"parsing map {record.parsing} is {parsing.shape[1]}x{parsing.shape[0]} "
+                                    f"but the image is {image.shape[1]}x{image.shape[0]}")
+                self._read[key] = (image, parsing, parsing_labels_of(record.parsing_labels, record.parsing, parsing))
+            except ItemError as err:
+                self._read[key] = f"{record.image}: {err}"
+        return self._read[key]
 
 
 class DiffusionPainter:
@@ -535,17 +611,20 @@ def check_backend(s: Any) -> None:
     """Settings the backend cannot honour (`s`: InpaintSettings): one line, exit 2."""
     from dlcr_cli.errors import UsageError
 
-    if s.backend == "recolor" and s.discriminator is not None:
+    if s.backend in ("recolor", "transfer") and s.discriminator is not None:
         raise UsageError("discriminator guidance (--discriminator, inpaint.discriminator) needs the diffusion "
-                         "backend, not recolor")
+                         f"backend, not {s.backend}")
 
 
-def make_painter(settings: Any) -> Painter:
-    """The painter the settings ask for (`settings`: dlcr_cli.settings.Settings)."""
+def make_painter(settings: Any, records: Iterable[Record] = ()) -> Painter:
+    """The painter the settings ask for (`settings`: dlcr_cli.settings.Settings); `records`: every
+    record read, where the transfer backend finds the target clothing ids' images."""
     s = settings.inpaint
     check_backend(s)
     if s.backend == "recolor":
         return RecolorPainter(s.batch_size)
+    if s.backend == "transfer":
+        return TransferPainter(records, s.batch_size)
     from dlcr_cli.runtime import resolve_device, resolve_dtype
 
     device = resolve_device(settings.device)
@@ -609,7 +688,9 @@ def chunk_plan(jobs: list[Job], batch_size: int) -> list[list[Job]]:
 def output_marks(jobs: list[Job], painter: Painter, digests: Any) -> dict[Path, str]:
     """The mark (dlcr_cli.fingerprint) of every output file: the painter's fingerprint, the
     job (source, variant, target, prompt, seed) and the content of the files it paints from
-    (image, mask, and the parsing map for painters that read it). An existing output counts
+    (image, mask, and the parsing map for painters that read it; for a painter that paints
+    from the target clothing id's images, every candidate image and map of the target: which
+    one it takes depends on which can be read). An existing output counts
     as done only with the mark its job gives it now, so another seed, prompt table, model,
     setting, mask or source image paints again instead of skipping. A strip's mark covers
     all its tiles."""
@@ -617,12 +698,16 @@ def output_marks(jobs: list[Job], painter: Painter, digests: Any) -> dict[Path, 
 
     reads = record_files("image", "mask", "parsing") if painter.needs_parsing else record_files("image", "mask")
     files = {job.rel: reads(job.source) for job in jobs}
-    flat = [path for paths in files.values() for path in paths]
+    donors = getattr(painter, "target_files", None)  # a painter that paints from the target's images
+    targets = {job.target: donors(job.target) for job in jobs} if donors else {}
+    flat = sorted({*(path for paths in files.values() for path in paths),
+                   *(path for paths in targets.values() for path in paths)})
     digest = dict(zip(flat, digests.many(flat)))
     marks: dict[Path, str] = {}
     for job in jobs:
+        donor = [[digest[path] for path in targets[job.target]]] if donors else []  # other painters' marks unchanged
         mark = fingerprint("inpaint", painter.fingerprint, job.rel, job.variant, job.target, job.prompt, job.seed,
-                           [digest[path] for path in files[job.rel]])
+                           [digest[path] for path in files[job.rel]], *donor)
         marks[job.out] = fingerprint(marks[job.out], mark) if job.out in marks else mark
     return marks
 
@@ -691,7 +776,9 @@ def _read_batch(jobs: list[Job], overwrite: bool, needs_parsing: bool, marks: di
 def _paint_batch(batch: Batch, painter: Painter, pool: ThreadPoolExecutor, writer: _StripWriter | None,
                  failed: set[str], marks: dict[Path, str]) -> Iterator[Outcome]:
     todo = [job for job in batch.jobs if isinstance(batch.sources[job.rel], Source)]
-    painted = painter.paint([batch.sources[j.rel] for j in todo], [j.prompt for j in todo], [j.seed for j in todo])
+    extra = {"targets": [j.target for j in todo]} if getattr(painter, "needs_targets", False) else {}
+    painted = painter.paint([batch.sources[j.rel] for j in todo], [j.prompt for j in todo], [j.seed for j in todo],
+                            **extra)
     results = {id(job): paste_back(batch.sources[job.rel], image) for job, image in zip(todo, painted)}
     writes = {id(job): pool.submit(_save_marked, results[id(job)], job.out, marks[job.out])
               for job, done in zip(batch.jobs, batch.done) if writer is None and not done and id(job) in results}
