@@ -11,20 +11,32 @@ Each image's LIP label map is drawn first and the image is coloured from it, so
 `out/parsing/<split>/<stem>.png` is exact. Every random draw comes from a generator seeded by
 (seed, what it is for, ids...), so the output is byte-identical for a seed, independent of
 drawing order, and growing `ids`/`cameras`/`per` keeps the people already drawn unchanged.
+
+`style="realistic"` (opt-in; the default "flat" output is unchanged) draws outfits as real
+clothes are: garment colours from a continuous range (some near the named ones), a texture
+per top and bottom (plain, horizontal or vertical stripes, checks, dots, a seeded print)
+drawn inside the garment's own label region in body coordinates (so an outfit looks the
+same in all its images up to pose and camera, and the label maps stay exact), an open coat
+over the top for some outfits (LIP 'coat', the top showing between its fronts as
+'upper-clothes'), and a per-camera white balance gain on the whole image. outfits.json then
+also records every garment's RGB, nearest named colour and texture parameters, and
+cameras.json each camera's white balance.
 """
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from dlcr_cli.clothing import COLOURS as PALETTE
+from dlcr_cli.clothing import colour_name
 from dlcr_cli.errors import UsageError
 from dlcr_cli.io import save_label_map
 from dlcr_cli.labels import LIP
@@ -43,9 +55,11 @@ HAIR_COLOURS = (
 )
 HAIR_STYLES = ("short", "long", "bald", "bun")
 HAT_STYLES = ("cap", "beanie")
+STYLES = ("flat", "realistic")
+TEXTURES = ("plain", "h-stripes", "v-stripes", "checks", "dots", "print")
 
 # Seed-stream tags, so that e.g. person 3 and camera 3 never share random numbers.
-_PERSON, _OUTFITS, _CAMERA, _FRAME, _QUERY = range(5)
+_PERSON, _OUTFITS, _CAMERA, _FRAME, _QUERY, _REAL_OUTFITS, _WHITE = range(7)
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,74 @@ class Outfit:
         }
 
 
+def _name(rgb) -> str:
+    """The named colour (clothing.COLOURS) nearest to an RGB triple."""
+    return colour_name(np.asarray([rgb], np.uint8))
+
+
+@dataclass(frozen=True)
+class Texture:
+    """A garment's pattern (realistic style), in body coordinates: x from the body's centre
+    line and y from its shoulders, both in units of the body height."""
+
+    kind: str  # one of TEXTURES
+    rgb: tuple[int, int, int] = (0, 0, 0)  # the pattern's colour
+    scale: float = 0.0  # the pattern's period, of the body height
+    phase: tuple[float, float] = (0.0, 0.0)  # (x, y) offsets, of the period
+    duty: float = 0.0  # stripes: share of the period in the pattern colour; dots: diameter
+    seed: int = 0  # print: the motif's seed
+
+    def as_json(self) -> dict:
+        if self.kind == "plain":
+            return {"kind": "plain"}
+        return {
+            "kind": self.kind, "rgb": list(self.rgb), "colour": _name(self.rgb), "scale": round(self.scale, 4),
+            "phase": [round(v, 4) for v in self.phase], "duty": round(self.duty, 4), "seed": self.seed,
+        }  # fmt: skip
+
+
+PLAIN = Texture("plain")
+
+
+@dataclass(frozen=True)
+class Garment:
+    label: str  # LIP name
+    rgb: tuple[int, int, int]
+    texture: Texture = PLAIN
+
+    def as_json(self) -> dict:
+        return {"garment": self.label, "rgb": list(self.rgb), "colour": _name(self.rgb),
+                "texture": self.texture.as_json()}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RealOutfit:
+    """A realistic-style outfit: a top (upper-clothes or dress), maybe an open coat over it."""
+
+    top: Garment
+    lower: Garment | None
+    coat: Garment | None
+    shoes: Garment
+    sleeves: str  # "short" | "long" | "none"; a coat's sleeves are long
+
+    def garments(self) -> list[Garment]:
+        return [g for g in (self.top, self.lower, self.coat, self.shoes) if g]
+
+    def as_json(self) -> dict:
+        def pair(g: Garment | None):
+            return [g.label, _name(g.rgb)] if g else None
+
+        return {
+            "upper": pair(self.top), "lower": pair(self.lower), "coat": pair(self.coat),
+            "shoes": ["shoes", _name(self.shoes.rgb)], "pattern": self.top.texture.kind,
+            "sleeves": self.sleeves,
+            "garments": {
+                "upper": self.top.as_json(), "lower": self.lower.as_json() if self.lower else None,
+                "coat": self.coat.as_json() if self.coat else None, "shoes": {**self.shoes.as_json(), "garment": "shoes"},
+            },
+        }  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Camera:
     background: np.ndarray  # (H, W, 3) float
@@ -88,6 +170,7 @@ class Camera:
     x_offset: float  # of the image width
     feet: float  # feet row, of the image height
     noise: float  # pixel noise sigma
+    white: np.ndarray | None = None  # (3,) white balance gain on the whole image (realistic style)
 
 
 @dataclass(frozen=True)
@@ -148,6 +231,7 @@ def synthesize(
     width: int = 64,
     seed: int = 0,
     query_fraction: float = 0.25,
+    style: str = "flat",
 ) -> SynthSummary:
     """Write the dataset under `out` and return what was written.
 
@@ -159,12 +243,20 @@ def synthesize(
       the default gives exactly one query per test (person, outfit) for up to 7 cameras.
     Existing files are overwritten; stale `<pid>_<clothes>_c<cam>_<frame>.png` files in the
     split folders (from an earlier, larger run) are removed so the folder holds this dataset only.
+    style: "flat" (named palette colours, plain or thinly striped garments) or "realistic"
+      (continuous colours, textures, open coats over tops, per-camera white balance).
     """
     lo, hi = _check(ids, outfits, cameras, per, height, width, seed, query_fraction)
+    if style not in STYLES:
+        raise UsageError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    realistic = style == "realistic"
     out = Path(out)
     people = [make_person(seed, pid) for pid in range(1, ids + 1)]
-    wardrobe = {p.pid: make_outfits(seed, p.pid, lo, hi) for p in people}
+    dress = make_real_outfits if realistic else make_outfits
+    wardrobe = {p.pid: dress(seed, p.pid, lo, hi) for p in people}
     cams = [make_camera(seed, c, height, width) for c in range(1, cameras + 1)]
+    if realistic:
+        cams = [replace(cam, white=white_balance(seed, c)) for c, cam in enumerate(cams, start=1)]
     n_train = ids // 2
     counts = dict.fromkeys(SPLITS, 0)
     written: set[Path] = set()
@@ -182,8 +274,13 @@ def synthesize(
     _remove_stale(out, written)
     _write_json(out / "outfits.json", {f"{pid:03d}": _wardrobe_json(w) for pid, w in wardrobe.items()})
     _write_json(out / "people.json", {f"{p.pid:03d}": _person_json(p, p.pid <= n_train) for p in people})
+    if realistic:
+        white = {str(c): {"white_balance": [round(float(g), 4) for g in cam.white]} for c, cam in enumerate(cams, 1)}
+        _write_json(out / "cameras.json", white)
+    else:
+        (out / "cameras.json").unlink(missing_ok=True)  # from an earlier realistic run
     options = (ids, lo, hi, cameras, per, height, width, seed, query_fraction)
-    (out / "README.txt").write_text(_readme(*options))
+    (out / "README.txt").write_text(_readme(*options) + (_REALISTIC_README if realistic else ""))
     n_outfits = sum(map(len, wardrobe.values()))
     return SynthSummary(out, ids, n_train, ids - n_train, n_outfits, cameras, counts)
 
@@ -292,6 +389,89 @@ def make_camera(seed: int, cam: int, height: int, width: int) -> Camera:
     )
 
 
+def white_balance(seed: int, cam: int) -> np.ndarray:
+    """A camera's white balance (realistic style): an RGB gain, warm or cool (red against
+    blue) with a little green/magenta tint, mean 1. Its own seed stream, so the camera's
+    other properties are those of the flat style."""
+    rng = _rng(seed, _WHITE, cam)
+    warmth, tint = rng.uniform(-0.14, 0.14), rng.uniform(-0.05, 0.05)
+    gain = np.array([1 + warmth, 1 + tint, 1 - warmth])
+    return gain / gain.mean()
+
+
+def make_real_outfits(seed: int, pid: int, lo: int, hi: int) -> list[RealOutfit]:
+    """A person's realistic-style outfits; each top's colour is far from the person's other tops."""
+    rng = _rng(seed, _REAL_OUTFITS, pid)
+    count = int(rng.integers(lo, hi + 1))
+    tops: list[np.ndarray] = []
+    outfits = []
+    for _ in range(count):
+        for _attempt in range(30):  # rejection: another outfit of the same person looks different
+            rgb = _garment_colour(rng)
+            if all(np.abs(np.subtract(rgb, t)).sum() > 90 for t in tops):
+                break
+        tops.append(np.asarray(rgb))
+        outfits.append(_real_outfit(rng, rgb))
+    return outfits
+
+
+_TOP_TEXTURES = (0.34, 0.17, 0.1, 0.13, 0.11, 0.15)  # probabilities over TEXTURES
+_LOWER_TEXTURES = (0.62, 0.04, 0.1, 0.14, 0.03, 0.07)
+_COAT_TEXTURES = (0.75, 0.0, 0.0, 0.25, 0.0, 0.0)
+
+
+def _real_outfit(rng: np.random.Generator, top_rgb: tuple[int, int, int]) -> RealOutfit:
+    kind = "dress" if rng.random() < 0.18 else "upper-clothes"
+    top = Garment(kind, top_rgb, _texture(rng, top_rgb, _TOP_TEXTURES))
+    lower = coat = None
+    if kind != "dress":
+        rgb = _garment_colour(rng)
+        lower = Garment(str(rng.choice(["pants", "skirt"], p=[0.72, 0.28])), rgb, _texture(rng, rgb, _LOWER_TEXTURES))
+        if rng.random() < 0.35:
+            rgb = _garment_colour(rng)
+            coat = Garment("coat", rgb, _texture(rng, rgb, _COAT_TEXTURES))
+    shoes = Garment("left-shoe", _garment_colour(rng, dark=True))
+    sleeves = "none" if kind == "dress" else "long" if coat else str(rng.choice(["short", "long"]))
+    return RealOutfit(top=top, lower=lower, coat=coat, shoes=shoes, sleeves=sleeves)
+
+
+def _garment_colour(rng: np.random.Generator, dark: bool = False) -> tuple[int, int, int]:
+    """A colour from a continuous range: near a named colour (30%), a neutral grey/black/white
+    with a slight tint (20%), or any hue with moderate to full saturation (50%); `dark` pulls
+    towards shoe colours."""
+    r = rng.random()
+    if r < 0.3:
+        rgb = _jitter(rng, PALETTE[str(rng.choice(list(PALETTE)))], 0.08)
+    elif r < 0.5:
+        level = rng.uniform(18, 240)
+        rgb = tuple(int(v) for v in np.clip(level * (1 + rng.normal(0, 0.04, 3)), 0, 255))
+    else:
+        hue, sat, val = rng.random(), rng.uniform(0.25, 0.95), rng.uniform(0.2, 0.95)
+        rgb = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, sat, val))
+    if dark:
+        rgb = tuple(int(v * 0.6) for v in rgb)
+    return rgb
+
+
+def _texture(rng: np.random.Generator, base, probabilities) -> Texture:
+    kind = str(rng.choice(TEXTURES, p=probabilities))
+    if kind == "plain":
+        return PLAIN
+    if rng.random() < 0.5:  # a darker or lighter shade of the garment, or another colour
+        b = np.asarray(base, float)
+        shade = b * 0.45 if b.mean() > 90 else b + (255 - b) * 0.5
+        rgb = tuple(int(v) for v in shade)
+    else:
+        rgb = _garment_colour(rng)
+    low, high = {"h-stripes": (0.025, 0.06), "v-stripes": (0.025, 0.06), "checks": (0.04, 0.09),
+                 "dots": (0.045, 0.08), "print": (0.03, 0.06)}[kind]  # fmt: skip
+    return Texture(
+        kind=kind, rgb=rgb, scale=float(rng.uniform(low, high)),
+        phase=(float(rng.random()), float(rng.random())), duty=float(rng.uniform(0.3, 0.5)),
+        seed=int(rng.integers(2**31)),
+    )  # fmt: skip
+
+
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """A wall with a vertical gradient over a floor, blotchy noise, and one of: floor tiles,
     wall bricks, wall panels, or nothing."""
@@ -356,16 +536,25 @@ def pose(person: Person, camera: Camera, rng: np.random.Generator, height: int, 
     )
 
 
-def draw_labels(body: Body, person: Person, outfit: Outfit, height: int, width: int) -> np.ndarray:
+def draw_labels(body: Body, person: Person, outfit: Outfit | RealOutfit, height: int, width: int) -> np.ndarray:
     """The LIP label map, painted back to front."""
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
+    real = isinstance(outfit, RealOutfit)
+    lower = (outfit.lower.label if outfit.lower else None) if real else (outfit.lower[0] if outfit.lower else None)
     _draw_legs(draw, body)
-    if outfit.lower:
-        _draw_lower(draw, body, outfit.lower[0])
+    if lower:
+        _draw_lower(draw, body, lower)
     _draw_shoes(draw, body)
-    _draw_torso(draw, body, outfit.upper[0])
-    _draw_arms(draw, body, outfit)
+    if real:
+        _draw_torso(draw, body, outfit.top.label)
+        if outfit.coat:
+            _draw_torso(draw, body, "coat")
+            _draw_coat_opening(draw, body)
+        _draw_arms(draw, body, outfit.sleeves, "coat" if outfit.coat else outfit.top.label)
+    else:
+        _draw_torso(draw, body, outfit.upper[0])
+        _draw_arms(draw, body, outfit.sleeves, outfit.upper[0])
     _draw_head(draw, body, person)
     return np.asarray(canvas, dtype=np.uint8).copy()
 
@@ -430,12 +619,22 @@ def _draw_torso(draw: ImageDraw.ImageDraw, body: Body, garment: str) -> None:
     )  # fmt: skip
 
 
-def _draw_arms(draw: ImageDraw.ImageDraw, body: Body, outfit: Outfit) -> None:
+def _draw_coat_opening(draw: ImageDraw.ImageDraw, body: Body) -> None:
+    """The open front of a coat: the top shows between its fronts, from the collar down to
+    the top's hem (the coat is buttoned below)."""
+    b = body
+    collar, hem = b.shoulder_y - 0.005 * b.h, b.hip_y + 0.02 * b.h
+    top_w, hem_w = b.shoulder_w * 0.34, b.shoulder_w * 0.16
+    draw.polygon([(b.cx - top_w, collar), (b.cx + top_w, collar), (b.cx + hem_w, hem), (b.cx - hem_w, hem)],
+                 fill=LABEL["upper-clothes"])  # fmt: skip
+
+
+def _draw_arms(draw: ImageDraw.ImageDraw, body: Body, sleeves: str, garment_name: str) -> None:
     b = body
     length, w = 0.37 * b.h, 0.055 * b.h
-    sleeve = {"short": 0.35, "long": 0.88, "none": 0.0}[outfit.sleeves]
+    sleeve = {"short": 0.35, "long": 0.88, "none": 0.0}[sleeves]
     sides = ((-1, b.arm_angles[0], LABEL["right-arm"]), (1, b.arm_angles[1], LABEL["left-arm"]))
-    garment = LABEL[outfit.upper[0]]
+    garment = LABEL[garment_name]
     for side, angle, label in sides:
         joint = (b.cx + side * (b.shoulder_w - w * 0.5), b.shoulder_y + 0.03 * b.h)
         direction = (side * math.sin(angle), math.cos(angle))
@@ -487,10 +686,13 @@ def _draw_hat(draw: ImageDraw.ImageDraw, b: Body, style: str, volume: float) -> 
 
 
 def colour(
-    labels: np.ndarray, body: Body, person: Person, outfit: Outfit, camera: Camera, rng: np.random.Generator
+    labels: np.ndarray, body: Body, person: Person, outfit: Outfit | RealOutfit, camera: Camera,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Colour the image from its label map: flat region colours, cylinder shading, details,
     the camera's light and noise."""
+    if isinstance(outfit, RealOutfit):
+        return _colour_realistic(labels, body, person, outfit, camera, rng)
     height, width = labels.shape
     lut = _label_colours(person, outfit)
     image = lut[labels]
@@ -510,7 +712,64 @@ def colour(
     return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
 
-def _label_colours(person: Person, outfit: Outfit) -> np.ndarray:
+def _colour_realistic(
+    labels: np.ndarray, body: Body, person: Person, outfit: RealOutfit, camera: Camera, rng: np.random.Generator
+) -> np.ndarray:
+    """Realistic style: garment colours and textures (each inside its garment's own label
+    region), cylinder shading, details, the camera's light and noise, then its white balance."""
+    height, width = labels.shape
+    lut = _person_colours(person)
+    for garment in outfit.garments():
+        lut[LABEL[garment.label]] = garment.rgb
+    lut[LABEL["left-shoe"]] = lut[LABEL["right-shoe"]] = outfit.shoes.rgb
+    image = lut[labels]
+    person_mask = labels > 0
+    yy, xx = np.mgrid[0:height, 0:width]
+    u, v = (xx - body.cx) / body.h, (yy - body.shoulder_y) / body.h  # body coordinates
+    for garment in (outfit.top, outfit.lower, outfit.coat):
+        if garment and garment.texture.kind != "plain":
+            region = labels == LABEL[garment.label]
+            image[region & texture_mask(garment.texture, u, v, body.h)] = garment.texture.rgb
+    shade = 1 - 0.2 * np.clip(((xx - body.cx) / (body.shoulder_w * 1.3)) ** 2, 0, 1)
+    image[person_mask] *= shade[person_mask][:, None]
+    _face_details(image, labels, yy, xx, body, person)
+    image[~person_mask] = camera.background[~person_mask]
+    image *= camera.light * rng.uniform(0.97, 1.03)
+    image += rng.normal(0, camera.noise, image.shape)
+    if camera.white is not None:
+        image *= camera.white
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+
+def texture_mask(texture: Texture, u: np.ndarray, v: np.ndarray, body_h: float) -> np.ndarray:
+    """Where a texture takes its pattern colour, at body coordinates (u, v) (units of the body
+    height, from the centre line and the shoulders). The period is at least 3 pixels."""
+    period = max(texture.scale, 3.0 / body_h)
+    a, b = u / period + texture.phase[0], v / period + texture.phase[1]
+    kind = texture.kind
+    if kind == "h-stripes":
+        return b % 1 < texture.duty
+    if kind == "v-stripes":
+        return a % 1 < texture.duty
+    if kind == "checks":
+        return (a % 1 < 0.5) ^ (b % 1 < 0.5)
+    if kind == "dots":  # a staggered grid of round dots
+        a = a + 0.5 * (np.floor(b) % 2)
+        return (a % 1 - 0.5) ** 2 + (b % 1 - 0.5) ** 2 < (texture.duty / 2 + 0.1) ** 2
+    if kind == "print":  # seeded random blobs: the same motif in every image of the outfit
+        motif = np.random.default_rng(texture.seed)
+        n = 40
+        cu, cv = motif.uniform(-0.22, 0.22, n), motif.uniform(-0.05, 0.85, n)
+        ru = period * motif.uniform(0.35, 0.8, n)
+        rv = ru * motif.uniform(0.5, 1.6, n)
+        hit = np.zeros(u.shape, bool)
+        for i in range(n):
+            hit |= ((u - cu[i]) / ru[i]) ** 2 + ((v - cv[i]) / rv[i]) ** 2 < 1
+        return hit
+    return np.zeros(u.shape, bool)
+
+
+def _person_colours(person: Person) -> np.ndarray:
     lut = np.zeros((len(LIP), 3))
     for name in ("face", "left-arm", "right-arm", "left-leg", "right-leg"):
         lut[LABEL[name]] = person.skin
@@ -518,6 +777,11 @@ def _label_colours(person: Person, outfit: Outfit) -> np.ndarray:
     lut[LABEL["sunglasses"]] = (20, 20, 24)
     if person.hat:
         lut[LABEL["hat"]] = PALETTE[person.hat[1]]
+    return lut
+
+
+def _label_colours(person: Person, outfit: Outfit) -> np.ndarray:
+    lut = _person_colours(person)
     lut[LABEL[outfit.upper[0]]] = PALETTE[outfit.upper[1]]
     if outfit.lower:
         lut[LABEL[outfit.lower[0]]] = PALETTE[outfit.lower[1]]
@@ -581,7 +845,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def _wardrobe_json(wardrobe: list[Outfit]) -> dict:
+def _wardrobe_json(wardrobe: list[Outfit] | list[RealOutfit]) -> dict:
     return {str(k): outfit.as_json() for k, outfit in enumerate(wardrobe, start=1)}
 
 
@@ -592,6 +856,14 @@ def _person_json(p: Person, train: bool) -> dict:
         "beard": p.beard, "height": round(p.height, 3), "shoulders": round(p.shoulders, 3),
         "hips": round(p.hips, 3), "head": round(p.head, 3),
     }  # fmt: skip
+
+
+_REALISTIC_README = (
+    "Style: realistic - garment colours from a continuous range, textures (stripes, checks, "
+    "dots, prints) on tops and bottoms, open coats over some tops (LIP coat, the top between "
+    "its fronts as upper-clothes), per-camera white balance; outfits.json records every "
+    "garment's RGB, nearest named colour and texture, cameras.json each camera's white balance.\n"
+)
 
 
 def _readme(ids, lo, hi, cameras, per, height, width, seed, query_fraction) -> str:

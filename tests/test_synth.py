@@ -1,19 +1,32 @@
-"""The procedural CC-ReID dataset: layout, determinism, exact label maps, and the protocol
+"""The procedural CC-ReID dataset: layout, determinism, exact label maps, the protocol
 properties the evaluation relies on (disjoint ids, cross-camera same/different-clothes matches)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from dlcr_cli import synth as synth_module
 from dlcr_cli.errors import UsageError
-from dlcr_cli.synth import LABEL, PALETTE, SPLITS, SynthSummary, synthesize
+from dlcr_cli.synth import (
+    LABEL,
+    PALETTE,
+    PLAIN,
+    SPLITS,
+    Garment,
+    RealOutfit,
+    SynthSummary,
+    Texture,
+    synthesize,
+)
 
 NAME = re.compile(r"^\d{3}_\d+_c\d+_\d{3}\.png$")
 SMALL = {"ids": 6, "cameras": 2, "per": 1}
@@ -207,3 +220,203 @@ def test_bad_options_are_usage_errors(tmp_path, options):
     with pytest.raises(UsageError):
         synthesize(tmp_path / "x", **options)
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- style="realistic"
+
+TINY = {"ids": 4, "cameras": 2, "per": 1, "seed": 5}
+# Decoded pixels + json/README of synthesize(ids=4, cameras=2, per=1, seed=5) before the
+# realistic style existed: the flat (default) output must never change.
+FLAT_DIGEST = "4bc2fd41866c24a1fd15a79ce64e201e9ab9830e73bd7986feebb513fce9338f"
+
+
+def pixel_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(np.asarray(Image.open(p)).tobytes() if p.suffix == ".png" else p.read_bytes())
+    return h.hexdigest()
+
+
+def test_flat_style_is_the_default_and_unchanged(tmp_path):
+    default, flat = tmp_path / "default", tmp_path / "flat"
+    synthesize(default, **TINY)
+    synthesize(flat, style="flat", **TINY)
+    assert tree(default) == tree(flat)
+    assert pixel_digest(default) == FLAT_DIGEST
+    assert not (default / "cameras.json").exists()
+
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("real") / "data"
+    synthesize(out, ids=8, cameras=3, per=1, seed=2, style="realistic")
+    return out
+
+
+def test_realistic_is_deterministic_and_not_flat(tmp_path, realistic):
+    again, flat = tmp_path / "again", tmp_path / "flat"
+    synthesize(again, ids=8, cameras=3, per=1, seed=2, style="realistic")
+    assert tree(again) == tree(realistic)
+    synthesize(flat, ids=8, cameras=3, per=1, seed=2)
+    a, f = tree(realistic), tree(flat)
+    # identity is the same person in both styles, the clothes are not
+    assert a["people.json"] == f["people.json"]
+    assert a["outfits.json"] != f["outfits.json"]
+    assert "realistic" in (realistic / "README.txt").read_text()
+
+
+def test_realistic_outfits_json(realistic):
+    outfits = json.loads((realistic / "outfits.json").read_text())
+    kinds, coats, rgbs = set(), 0, []
+    for wardrobe in outfits.values():
+        assert 2 <= len(wardrobe) <= 4
+        for o in wardrobe.values():
+            assert o["upper"][0] in ("upper-clothes", "dress") and o["upper"][1] in PALETTE
+            assert (o["lower"] is None) == (o["upper"][0] == "dress")
+            assert (o["coat"] is None) == (o["garments"]["coat"] is None)
+            coats += o["coat"] is not None
+            for g in o["garments"].values():
+                if g is None:
+                    continue
+                assert g["colour"] in PALETTE and len(g["rgb"]) == 3
+                assert g["texture"]["kind"] in synth_module.TEXTURES
+                kinds.add(g["texture"]["kind"])
+                if g["texture"]["kind"] != "plain":
+                    assert {"rgb", "colour", "scale", "phase", "duty", "seed"} <= set(g["texture"])
+                rgbs.append(tuple(g["rgb"]))
+            assert o["pattern"] == o["garments"]["upper"]["texture"]["kind"]
+    assert coats and len(kinds) >= 4
+    # colours are not restricted to the named palette: most are far from every named colour
+    palette = np.array(list(PALETTE.values()), float)
+    distance = np.abs(np.array(rgbs, float)[:, None] - palette[None]).sum(-1).min(1)
+    assert len(set(rgbs)) > len(PALETTE) and (distance > 40).mean() > 0.4
+    cams = json.loads((realistic / "cameras.json").read_text())
+    gains = [tuple(c["white_balance"]) for c in cams.values()]
+    assert len(gains) == 3 and len(set(gains)) == 3
+
+
+def test_realistic_label_maps_are_exact(realistic):
+    outfits = json.loads((realistic / "outfits.json").read_text())
+    with_coat = without_coat = 0
+    for split in SPLITS:
+        for path in images(realistic, split):
+            pid, clothes = path.stem.split("_")[:2]
+            o = outfits[pid][clothes]
+            labels = np.asarray(Image.open(realistic / "parsing" / split / path.name))
+            present = set(np.unique(labels).tolist())
+            assert LABEL[o["upper"][0]] in present and LABEL["face"] in present
+            if o["coat"]:
+                assert {LABEL["coat"], LABEL["upper-clothes"]} <= present  # the top between open fronts
+                with_coat += 1
+            else:
+                assert LABEL["coat"] not in present
+                without_coat += 1
+            if o["lower"]:
+                assert LABEL[o["lower"][0]] in present
+    assert with_coat and without_coat
+    # the saved maps are what the renderer drew
+    person, (outfit, *_) = synth_module.make_person(2, 1), synth_module.make_real_outfits(2, 1, 2, 4)
+    camera = synth_module.make_camera(2, 1, 128, 64)
+    rng = synth_module._rng(2, synth_module._FRAME, 1, 1, 1, 0)
+    _, labels = synth_module.render(person, outfit, camera, rng, 128, 64)
+    split = next(s for s in SPLITS if (realistic / "parsing" / s / "001_1_c1_000.png").exists())
+    assert (labels == np.asarray(Image.open(realistic / "parsing" / split / "001_1_c1_000.png"))).all()
+
+
+def quiet_camera(seed: int = 0, cam: int = 1, white=None):
+    camera = synth_module.make_camera(seed, cam, 128, 64)
+    return replace(camera, noise=0.0, white=white)
+
+
+def frame(outfit, camera, pid: int = 1):
+    person = synth_module.make_person(0, pid)
+    return synth_module.render(person, outfit, camera, np.random.default_rng(7), 128, 64)
+
+
+def outfit_with(top: Texture, lower: Texture = PLAIN, coat: Texture | None = None) -> RealOutfit:
+    return RealOutfit(
+        top=Garment("upper-clothes", (200, 60, 50), top), lower=Garment("pants", (60, 80, 160), lower),
+        coat=Garment("coat", (90, 90, 60), coat) if coat else None, shoes=Garment("left-shoe", (20, 20, 20)),
+        sleeves="long",
+    )  # fmt: skip
+
+
+def stripes(kind: str) -> Texture:
+    return Texture(kind, rgb=(240, 240, 240), scale=0.05, phase=(0.2, 0.3), duty=0.4, seed=1)
+
+
+def test_textures_stay_inside_their_garment():
+    camera = quiet_camera()
+    _, plain_labels = frame(outfit_with(PLAIN), camera)
+    for kind in synth_module.TEXTURES[1:]:
+        outfit = outfit_with(stripes(kind), stripes(kind), coat=stripes(kind))
+        image, labels = frame(outfit, camera)
+        assert (labels == frame(outfit_with(PLAIN, coat=PLAIN), camera)[1]).all()
+        changed = (image != frame(outfit_with(PLAIN, coat=PLAIN), camera)[0]).any(-1)
+        garments = np.isin(labels, [LABEL["upper-clothes"], LABEL["pants"], LABEL["coat"]])
+        assert changed.any() and not (changed & ~garments).any(), kind
+    assert (plain_labels != LABEL["coat"]).all()
+
+
+def row_variance(image: np.ndarray, mask: np.ndarray) -> float:
+    luminance = image.astype(float) @ [0.299, 0.587, 0.114]
+    rows = [luminance[y][mask[y]].mean() for y in range(mask.shape[0]) if mask[y].sum() >= 4]
+    return float(np.var(rows))
+
+
+def column_variance(image: np.ndarray, mask: np.ndarray) -> float:
+    return row_variance(image.transpose(1, 0, 2), mask.T)
+
+
+def test_a_striped_top_is_measurably_striped():
+    camera = quiet_camera()
+    measured = {}
+    for kind in ("plain", "h-stripes", "v-stripes"):
+        image, labels = frame(outfit_with(PLAIN if kind == "plain" else stripes(kind)), camera)
+        top = labels == LABEL["upper-clothes"]
+        measured[kind] = (row_variance(image, top), column_variance(image, top))
+    assert measured["h-stripes"][0] > 20 * max(measured["plain"][0], 1.0)
+    assert measured["h-stripes"][0] > 5 * measured["v-stripes"][0]
+    assert measured["v-stripes"][1] > 3 * measured["plain"][1]
+
+
+def test_an_outfit_looks_the_same_in_its_images(realistic):
+    """Texture parameters are per outfit: two cameras' images of one outfit have the same
+    share of pattern pixels in the top, up to pose and framing."""
+    outfits = json.loads((realistic / "outfits.json").read_text())
+    pid, k = next((p, k) for p, w in outfits.items() for k, o in w.items()
+                  if o["pattern"] != "plain" and not o["coat"])  # fmt: skip
+    texture = outfits[pid][k]["garments"]["upper"]["texture"]
+    shares = []
+    for path in sorted(realistic.glob(f"*/{pid}_{k}_c*_000.png")):
+        labels = np.asarray(Image.open(realistic / "parsing" / path.parent.name / path.name))
+        image = np.asarray(Image.open(path), float)
+        top = image[labels == LABEL[outfits[pid][k]["upper"][0]]]
+        rgb = np.asarray(outfits[pid][k]["garments"]["upper"]["rgb"], float)
+        near_pattern = np.abs(top - texture["rgb"]).sum(1) < np.abs(top - rgb).sum(1)
+        shares.append(near_pattern.mean())
+    assert len(shares) == 3 and max(shares) - min(shares) < 0.25, shares
+
+
+def test_white_balance_differs_per_camera_and_scales_the_image():
+    gains = [synth_module.white_balance(0, c) for c in (1, 2, 3)]
+    assert all(np.abs(a - b).max() > 0.01 for i, a in enumerate(gains) for b in gains[i + 1:])
+    outfit = outfit_with(PLAIN)
+    neutral, _ = frame(outfit, quiet_camera())
+    balanced, _ = frame(outfit, quiet_camera(white=gains[0]))
+    ok = (neutral > 20) & (neutral < 200)  # away from clipping
+    ratio = balanced.astype(float)[ok].reshape(-1) / neutral[ok].reshape(-1)
+    channel = np.broadcast_to(np.arange(3), neutral.shape)[ok]
+    for c in range(3):
+        assert abs(np.median(ratio[channel == c]) - gains[0][c]) < 0.02
+
+
+def test_style_option_on_the_command_line(tmp_path, dlcr):
+    run = dlcr("synth", tmp_path / "d", "--ids", "4", "--cameras", "2", "--per", "1", "--style", "realistic", "--json")
+    assert run.code == 0, run.stderr
+    assert (tmp_path / "d" / "cameras.json").is_file() and json.loads(run.stdout)["images"] > 0
+    assert dlcr("synth", tmp_path / "e", "--style", "cartoon").code != 0
+    with pytest.raises(UsageError):
+        synthesize(tmp_path / "x", style="cartoon")

@@ -20,6 +20,7 @@ def synth(
     per: Annotated[int, typer.Option(help="Images per (person, outfit, camera).")] = 2,
     size: Annotated[str, typer.Option(help="Image size HEIGHTxWIDTH.")] = "128x64",
     seed: Annotated[int, typer.Option(help="Same seed, byte-identical dataset.")] = 0,
+    style: Annotated[str, typer.Option(help="How outfits are drawn: 'flat' (named palette colours, plain or thinly striped; the default, unchanged) or 'realistic' (continuous colours, stripes/checks/dots/prints, open coats over tops, per-camera white balance; more ground truth in outfits.json and cameras.json).", case_sensitive=False)] = "flat",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Write a procedural clothes-changing re-id dataset: little people whose identity lives
@@ -34,13 +35,15 @@ def synth(
         dlcr synth data && dlcr mask data --backend parsing --parsing-dir data/parsing --out work
 
         dlcr synth big --ids 200 --cameras 6 --per 4 --size 256x128 --seed 1
+
+        dlcr synth real --style realistic
     """
     from dlcr_cli.console import log
     from dlcr_cli.synth import synthesize
 
     height, width = parse_size(size, "--size")
     summary = synthesize(out, ids=ids, outfits=parse_range(outfits, "--outfits"), cameras=cameras,
-                         per=per, height=height, width=width, seed=seed)
+                         per=per, height=height, width=width, seed=seed, style=style.lower())
     if as_json:
         sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
     log.info("synth: %s", summary)
