@@ -225,3 +225,12 @@ def test_discriminator_guidance_runs_the_authors_two_passes_and_resumes(dlcr, sy
 def test_discriminator_guidance_needs_the_diffusion_backend(dlcr, synth_data, tmp_path):
     run = weight_free(dlcr, synth_data, tmp_path / "w", "--discriminator-guidance")
     assert run.code == 2 and "diffusion backend" in run.stderr
+
+
+def test_weight_free_expand_with_the_transfer_backend_finds_the_targets_images(dlcr, synth_data, tmp_path):
+    """expand hands the painter every record, so transfer paints from the target ids' images
+    (it once got none, and recoloured every variant from its prompt with a warning)."""
+    run = dlcr("expand", synth_data, "--out", tmp_path / "w", "--weight-free", "--parsing-dir",
+               synth_data / "parsing", "-k", "2", "--set", "inpaint.backend=transfer")
+    assert run.code == 0, run.stderr
+    assert "no usable target image" not in run.stderr and len(run.records) > 0

@@ -365,7 +365,7 @@ def _inpaint(records: list[Record], overwrite: bool, settings: Any, out: Path, t
     s = settings.inpaint
     planned, failed = make_plan(records, table, variants=s.variants, seed=s.seed, out=out / folder, fmt=s.format)
     jobs.extend(planned)
-    return chain(failed, run_inpaint(planned, make_painter(settings), fmt=s.format, overwrite=overwrite,
+    return chain(failed, run_inpaint(planned, make_painter(settings, records), fmt=s.format, overwrite=overwrite,
                                      workers=s.workers, digests=digests))
 
 

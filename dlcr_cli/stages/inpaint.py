@@ -715,6 +715,8 @@ def output_marks(jobs: list[Job], painter: Painter, digests: Any) -> dict[Path, 
 def _save_marked(image: np.ndarray, path: Path, mark: str) -> None:
     from dlcr_cli.fingerprint import png_info
 
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a killed run's half-written file of this output
+        stale.unlink(missing_ok=True)
     save_atomic(Image.fromarray(image), path, pnginfo=png_info(mark))
 
 
