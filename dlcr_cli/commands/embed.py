@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dlcr_cli.commands.common import InputArg, parse_size, state
+from dlcr_cli.commands.common import InputArg, RevisionOpt, parse_size, state
 from dlcr_cli.commands.evaluate import Epoch
 from dlcr_cli.commands.train import Precision
 
@@ -26,7 +26,7 @@ def embed(
     epoch: Annotated[Optional[Epoch], typer.Option(help="Of a run folder: its best evaluated epoch's model (best/), or its last epoch's.  \\[default: best when the run kept one]", show_default=False)] = None,
     variant: Annotated[Optional[str], typer.Option("--variant", help="Query and gallery of a dataset's alternative protocol: VC-Clothes sc or cc (as evaluate).", show_default=False)] = None,
     protocol: Annotated[Optional[str], typer.Option("--protocol", help="Records with split query/gallery: the protocol of the query and gallery arrays (as evaluate).", show_default=False)] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Of a hub id: the branch, tag or commit to load.  \\[default: main]", show_default=False)] = None,
+    revision: RevisionOpt = None,
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Items per part written to FEATS.parts/ (what an interrupted run keeps).", min=1)] = 4096,
 ) -> None:
     """Write a re-id model's features of every record of INPUT (a dataset, a folder of images,

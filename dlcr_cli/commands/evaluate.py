@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dlcr_cli.commands.common import parse_size, state
+from dlcr_cli.commands.common import RevisionOpt, parse_size, state
 from dlcr_cli.commands.train import Precision
 
 DATASET_HELP = ("A dataset root (PRCC, LTCC, VC-Clothes, LaST, DeepChange, CCVID: layout detected), a JSONL file "
@@ -24,7 +24,7 @@ def evaluate(
     ctx: typer.Context,
     dataset: Annotated[Optional[str], typer.Argument(help=DATASET_HELP, metavar="DATASET", show_default=False)] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="A dlcr train run folder (its model.json and model.safetensors), or a hub id (owner/name, e.g. one `dlcr push` uploaded) fetched into huggingface_hub's cache.", metavar="RUN", show_default=False)] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Of a hub id: the branch, tag or commit to load.  \\[default: main]", show_default=False)] = None,
+    revision: RevisionOpt = None,
     features: Annotated[Optional[Path], typer.Option("--features", help="Evaluate a feature file (.npz: query_feats, gallery_feats, query_pids, gallery_pids, query_camids, gallery_camids, query_clothes, gallery_clothes) instead of a model.", dir_okay=False, show_default=False)] = None,
     setting: Annotated[Optional[str], typer.Option("--setting", help="Settings to report, comma-separated (standard, cc, sc; PRCC: sc, cc), or all.  \\[default: all]", show_default=False)] = None,
     variant: Annotated[Optional[str], typer.Option("--variant", help="A dataset's alternative protocol: VC-Clothes sc (cameras 2 and 3) or cc (3 and 4), as CAL's vcclothes_sc / vcclothes_cc.", show_default=False)] = None,

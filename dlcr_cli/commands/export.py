@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dlcr_cli.commands.common import parse_size, state
+from dlcr_cli.commands.common import RevisionOpt, parse_size, state
 from dlcr_cli.commands.evaluate import Epoch
 
 
@@ -17,7 +17,7 @@ def export(
     onnx: Annotated[Path, typer.Option("--onnx", help="The ONNX file to write (replaced only when the new one passes the check).", dir_okay=False, show_default=False)],
     epoch: Annotated[Optional[Epoch], typer.Option(help="Of a run folder: its best evaluated epoch's model (best/), or its last epoch's.  \\[default: best when the run kept one]", show_default=False)] = None,
     image_size: Annotated[Optional[str], typer.Option(help="HEIGHTxWIDTH of the graph's input.  \\[default: the checkpoint's, else 384x192]", show_default=False)] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Of a hub id: the branch, tag or commit to load.  \\[default: main]", show_default=False)] = None,
+    revision: RevisionOpt = None,
     opset: Annotated[int, typer.Option(help="ONNX opset (18 or later).")] = 20,
     half: Annotated[bool, typer.Option("--half", help="fp16 weights and compute (float32 input and output), for CUDA deployment; checked with the looser bound.")] = False,
     raw: Annotated[bool, typer.Option("--raw", help="An image model's bare embedding: no mirror-image sum, no L2 normalisation.")] = False,

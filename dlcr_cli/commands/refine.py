@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dlcr_cli.commands.common import state
+from dlcr_cli.commands.common import RevisionOpt, state
 from dlcr_cli.commands.evaluate import DATASET_HELP
 
 
@@ -16,7 +16,7 @@ def refine(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(help=DATASET_HELP, metavar="DATASET", show_default=False)],
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="A dlcr train run folder, or a hub id (owner/name) fetched into huggingface_hub's cache.", metavar="RUN", show_default=False)],
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Of a hub id: the branch, tag or commit to load.  \\[default: main]", show_default=False)] = None,
+    revision: RevisionOpt = None,
     variants: Annotated[Optional[str], typer.Option("--variants", help="The queries' generated variants: dlcr inpaint records (JSONL) or its output folder (also the strip format).", show_default=False)] = None,
     generate: Annotated[bool, typer.Option("--generate", help="Make the variants here: stage 1 (mask, describe, summarize, inpaint) on the queries, with the stage settings and the shared model cache.")] = False,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="--generate: draw target clothes from this {clothing id: prompt} JSON (the training set's, from dlcr expand or summarize) instead of describing the queries.", dir_okay=False, show_default=False)] = None,
