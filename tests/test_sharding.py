@@ -21,7 +21,7 @@ def plan(variants_per_source: list[int]) -> list[Job]:
     jobs = []
     for s, k in enumerate(variants_per_source):
         source = Record(image=f"/d/{s}.png")
-        jobs += [Job(source, f"{s}.png", v, k, "t", "p", 0, f"{s}_v{v}.png", Path("/o")) for v in range(k)]
+        jobs += [Job(source, f"{s}.png", v, k, "t", "p", 0, f"{s}_v{v}.png", Path("/o"), 0) for v in range(k)]
     return jobs
 
 

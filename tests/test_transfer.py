@@ -216,3 +216,25 @@ def test_a_changed_target_image_paints_its_variants_again(dlcr, tmp_path):
     by_target = {r["target_clothes"]: r for r in again.records}
     out = np.asarray(Image.open(by_target["002_1"]["image"]))
     assert stripedness(out, plain == UPPER) < 10  # the new, plain green target
+
+
+def test_every_frame_of_a_tracklet_takes_its_outfit_from_one_target_image(tmp_path):
+    """Video: variant k of a clip is one outfit, so its frames paint from one image of the
+    target id (chosen per frame they would mix images, and the clip would flicker)."""
+    from dlcr_cli.records import Record
+    from dlcr_cli.stages.inpaint import TransferPainter, make_plan
+
+    frames = [Record(image=f"/v/a/{i}.png", rel=f"a/{i}.png", clothes="001_1", mask="/m.png", tracklet="a")
+              for i in range(12)]
+    donors = [Record(image=f"/v/b/{i}.png", rel=f"b/{i}.png", clothes="002_1", parsing=f"/p/{i}.png")
+              for i in range(20)]
+    jobs, failed = make_plan(frames, {"001_1": "x", "002_1": "y"}, variants=1, seed=3, out=tmp_path, fmt="files")
+    assert not failed and len({job.seed for job in jobs}) == 12  # the noise stays per frame
+    painter = TransferPainter(donors)
+    painter._load = lambda record: (record.image, None, "lip")  # which image, without reading one
+    chosen = {painter.target_image("002_1", job.target_seed)[0] for job in jobs}
+    assert len(chosen) == 1  # one target image for the clip
+    images = make_plan([r.model_copy(update={"tracklet": None}) for r in frames], {"001_1": "x", "002_1": "y"},
+                       variants=1, seed=3, out=tmp_path, fmt="files")[0]
+    assert len({painter.target_image("002_1", job.target_seed)[0] for job in images}) > 1  # images draw apart
+    assert all(job.target_seed == job.seed for job in images)  # and as before the change, byte for byte

@@ -7,7 +7,8 @@ pixel outside the mask is exactly the source's.
 
 Reproducible and resumable: the targets of a source come from (seed, source rel path), those
 of a video frame from (seed, its tracklet), so that all frames of a tracklet share their K
-targets; the noise seed of variant k from (seed, rel, k), per frame; the jobs are cut into batches by their place
+targets; the noise seed of variant k from (seed, rel, k), per frame (the transfer backend's target
+image from (seed, tracklet, k), so one clip takes its outfit from one image); the jobs are cut into batches by their place
 in the plan, never by what is done, so a run resumed after a crash computes every batch
 with the same companions as an uninterrupted run and writes byte-identical files.
 """
@@ -50,6 +51,9 @@ class Job:
     """Where the output goes inside the output folder. files: this variant's PNG; strip: the
     source's strip PNG (all its variants)."""
     out_dir: Path
+    target_seed: int
+    """Which image of the target clothing id a painter that paints from one (transfer) takes:
+    of (seed, the source's target key, k), so every frame of a tracklet takes the same."""
 
     @property
     def out(self) -> Path:
@@ -130,11 +134,12 @@ def make_plan(sources: list[Record], prompts: dict[str, str], *, variants: int, 
             failed.append(Outcome(source, problem))
             continue
         rel = rel_path(source)
-        targets = draw_targets(seed, target_key(source, rel), source.clothes, pool, variants)
+        key = target_key(source, rel)
+        targets = draw_targets(seed, key, source.clothes, pool, variants)
         fewer += len(targets) < variants
         for k, target in enumerate(targets):
             jobs.append(Job(source, rel, k, len(targets), target, prompts[target], variant_seed(seed, rel, k),
-                            output_rel(rel, k, fmt), out))
+                            output_rel(rel, k, fmt), out, variant_seed(seed, key, k)))
     if fewer:
         log.warning("only %d clothing ids have a prompt: %d source images get fewer than %d variants "
                     "(each target is drawn once per source)", len(pool), fewer, variants)
@@ -229,15 +234,16 @@ class TransferPainter:
     image lacks are recoloured to the prompt's colour for them.
 
     The target image of variant k of a source is one of the target clothing id's records that
-    have a parsing map (sorted by path), chosen from the variant's seed, itself of (seed, source
-    path, k): the same on every run. One that cannot be read (or whose map is not the image's
+    have a parsing map (sorted by path), chosen from the job's target seed, of (seed, source
+    path, k), for a video frame (seed, tracklet, k): the same on every run, and the same for
+    every frame of a clip. One that cannot be read (or whose map is not the image's
     size) gives way to the next in that order; when none can, the variant is recoloured from
     the prompt alone (with a warning).
     """
 
     needs_parsing = True
     needs_targets = True
-    fingerprint = "transfer 1"
+    fingerprint = "transfer 2"  # 2: a video frame's target image per tracklet
 
     def __init__(self, records: Iterable[Record], batch_size: int = 8) -> None:
         self.batch_size = batch_size
@@ -251,14 +257,15 @@ class TransferPainter:
         self._warned: set[str] = set()
 
     def paint(self, sources: list[Source], prompts: list[str], seeds: list[int],
-              targets: list[str] | None = None) -> list[np.ndarray]:
+              targets: list[str] | None = None, target_seeds: list[int] | None = None) -> list[np.ndarray]:
+        """`seeds` (noise) are unused: the painting is deterministic given its target image."""
         from dlcr_cli.transfer import transfer
 
-        if targets is None:
-            raise ValueError("the transfer painter needs each job's target clothing id")
+        if targets is None or target_seeds is None:
+            raise ValueError("the transfer painter needs each job's target clothing id and target seed")
         out = []
-        for source, prompt, seed, target in zip(sources, prompts, seeds, targets):
-            image = self.target_image(target, seed)
+        for source, prompt, target, target_seed in zip(sources, prompts, targets, target_seeds):
+            image = self.target_image(target, target_seed)
             donor = image if image is not None else (None, None, None)
             out.append(transfer(source.image, source.parsing, source.labels, *donor, prompt, source.mask))
         return out
@@ -705,7 +712,7 @@ def output_marks(jobs: list[Job], painter: Painter, digests: Any) -> dict[Path, 
     digest = dict(zip(flat, digests.many(flat)))
     marks: dict[Path, str] = {}
     for job in jobs:
-        donor = [[digest[path] for path in targets[job.target]]] if donors else []  # other painters' marks unchanged
+        donor = [[digest[path] for path in targets[job.target]], job.target_seed] if donors else []  # others unchanged
         mark = fingerprint("inpaint", painter.fingerprint, job.rel, job.variant, job.target, job.prompt, job.seed,
                            [digest[path] for path in files[job.rel]], *donor)
         marks[job.out] = fingerprint(marks[job.out], mark) if job.out in marks else mark
@@ -778,7 +785,8 @@ def _read_batch(jobs: list[Job], overwrite: bool, needs_parsing: bool, marks: di
 def _paint_batch(batch: Batch, painter: Painter, pool: ThreadPoolExecutor, writer: _StripWriter | None,
                  failed: set[str], marks: dict[Path, str]) -> Iterator[Outcome]:
     todo = [job for job in batch.jobs if isinstance(batch.sources[job.rel], Source)]
-    extra = {"targets": [j.target for j in todo]} if getattr(painter, "needs_targets", False) else {}
+    extra = {"targets": [j.target for j in todo], "target_seeds": [j.target_seed for j in todo]} \
+        if getattr(painter, "needs_targets", False) else {}
     painted = painter.paint([batch.sources[j.rel] for j in todo], [j.prompt for j in todo], [j.seed for j in todo],
                             **extra)
     results = {id(job): paste_back(batch.sources[job.rel], image) for job, image in zip(todo, painted)}
