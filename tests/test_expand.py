@@ -234,3 +234,37 @@ def test_weight_free_expand_with_the_transfer_backend_finds_the_targets_images(d
                synth_data / "parsing", "-k", "2", "--set", "inpaint.backend=transfer")
     assert run.code == 0, run.stderr
     assert "no usable target image" not in run.stderr and len(run.records) > 0
+
+
+def test_transfer_paints_queries_from_the_training_images_of_their_targets(dlcr, synth_data, tmp_path):
+    """Queries are painted in training outfits (--prompts of the training table): their target
+    images are training records, masked for the purpose; a changed one repaints its variants."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data, data)
+    common = ("--weight-free", "--parsing-dir", data / "parsing", "--set", "inpaint.backend=transfer")
+    train = dlcr("expand", data, "--out", tmp_path / "train", "-k", "1", *common)
+    assert train.code == 0, train.stderr
+    query = ("expand", data, "--out", tmp_path / "query", "-k", "2", "--prompts", tmp_path / "train" / "prompts.json",
+             *common, "--set", "inpaint.splits=[\"query\"]")
+    first = dlcr(*query)
+    assert first.code == 0, first.stderr
+    assert "no usable target image" not in first.stderr and "mask-targets" in first.stderr
+    assert first.records and {r["target_clothes"] for r in first.records} <= set(
+        json.loads((tmp_path / "train" / "prompts.json").read_text()))
+    again = dlcr(*query)
+    assert again.code == 0 and "inpaint: finished in an earlier run" in again.stderr
+    variant = first.records[0]
+    before = np.asarray(Image.open(variant["image"])).copy()
+    from dlcr_cli.inputs import read_records
+
+    donors = [r for r in read_records(str(data)) if r.clothes == variant["target_clothes"] and r.split == "train"]
+    for donor in donors:  # the target's every training image in other colours
+        Image.fromarray(np.asarray(Image.open(donor.image).convert("RGB"))[..., ::-1].copy()).save(donor.image)
+    third = dlcr(*query)
+    assert third.code == 0, third.stderr
+    assert donors and not (np.asarray(Image.open(variant["image"])) == before).all()

@@ -223,8 +223,10 @@ def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | Non
     digests = Digests(out / CACHE_NAME)
     stage = _StageRunner(out / "records", overwrite, consume, fail_fast, digests)
     try:
+        chosen = {id(record) for record in sources}
+        rest = [record for record in records if id(record) not in chosen]
         generated, jobs = _stages(stage, sources, settings, out, read_prompt_file(prompts_file) if prompts_file else None,
-                                  sink or write_record, digests, guidance)
+                                  sink or write_record, digests, guidance, rest)
     finally:
         digests.save()
     _preview(jobs, settings.inpaint.format, out / "preview.png")
@@ -233,7 +235,8 @@ def run_expand(input: str, out: Path, settings: Any, *, prompts_file: Path | Non
 
 
 def _stages(stage: _StageRunner, sources: list[Record], settings: Any, out: Path, table_file: dict[str, str] | None,
-            sink: Callable[[Record], Any], digests: Any, guidance: bool = False) -> tuple[list[Record], list]:
+            sink: Callable[[Record], Any], digests: Any, guidance: bool = False,
+            rest: list[Record] = ()) -> tuple[list[Record], list]:
     from dlcr_cli.errors import InputMissing
     from dlcr_cli.fingerprint import fingerprint, record_files
     from dlcr_cli.stages.inpaint import prompt_table
@@ -251,8 +254,11 @@ def _stages(stage: _StageRunner, sources: list[Record], settings: Any, out: Path
     _write_prompts(table, out / "prompts.json")
     if not table:
         raise InputMissing("no clothing id has a prompt (see the messages above), nothing to inpaint")
+    donors, donors_key = prompted, ""
+    if settings.inpaint.backend == "transfer":
+        donors, donors_key = _transfer_donors(stage, prompted, rest, table, settings, out, digests)
     jobs: list = []
-    reads = record_files("image", "mask", "parsing") if settings.inpaint.backend == "recolor" \
+    reads = record_files("image", "mask", "parsing") if settings.inpaint.backend in ("recolor", "transfer") \
         else record_files("image", "mask")
     guided_settings = settings
     if guidance:  # the first pass is unguided, whatever the guidance settings: they change the second only
@@ -260,7 +266,8 @@ def _stages(stage: _StageRunner, sources: list[Record], settings: Any, out: Path
         guided_settings, settings = settings, settings.model_copy(update={"inpaint": settings.inpaint.model_copy(
             update={"discriminator": None, "dg_weight": defaults.dg_weight, "dg_min_t": defaults.dg_min_t})})
     generated = stage("inpaint", prompted, settings.inpaint,
-                      partial_work(_inpaint, settings, out, table, jobs, digests), out, fingerprint(table),
+                      partial_work(_inpaint, settings, out, table, jobs, digests, donors), out, fingerprint(table),
+                      donors_key,
                       sink=(lambda record: None) if guidance else sink, marked_outputs=True, reads=reads)
     if not guidance:
         return generated, jobs
@@ -271,9 +278,28 @@ def _stages(stage: _StageRunner, sources: list[Record], settings: Any, out: Path
         update={"discriminator": folder})})
     guided_jobs: list = []
     guided = stage("inpaint-guided", prompted, guided_settings.inpaint,
-                   partial_work(_inpaint, guided_settings, out, table, guided_jobs, digests, GUIDED),
+                   partial_work(_inpaint, guided_settings, out, table, guided_jobs, digests, donors, GUIDED),
                    out, fingerprint(table), discriminator_digest(folder), sink=sink, marked_outputs=True, reads=reads)
     return guided, guided_jobs
+
+
+def _transfer_donors(stage: _StageRunner, prompted: list[Record], rest: list[Record], table: dict[str, str],
+                     settings: Any, out: Path, digests: Any) -> tuple[list[Record], str]:
+    """The records transfer paints from, and what identifies those outside the sources: the
+    sources, and the records of other splits of the target ids the sources lack (queries in
+    training outfits: `--prompts` of the training table), masked for their parsing maps in
+    a stage of their own ("mask-targets"). A changed target image then redoes the stage."""
+    from dlcr_cli.fingerprint import fingerprint, record_files
+
+    own = {record.clothes for record in prompted}
+    wanted = [record for record in rest if record.clothes in table and record.clothes not in own]
+    if not wanted:
+        return prompted, ""
+    log.info("expand: the transfer backend paints from %d images of %d target clothing ids outside the sources",
+             len(wanted), len({record.clothes for record in wanted}))
+    masked = stage("mask-targets", wanted, settings.mask, partial_work(_mask, settings, out, digests), out,
+                   reads=_mask_reads(settings.mask), marked_outputs=True)
+    return prompted + masked, fingerprint(*_input_hashes(masked, record_files("image", "parsing"), digests))
 
 
 GUIDED = "generated-guided"
@@ -357,7 +383,7 @@ def _summarize(records: list[Record], overwrite: bool, settings: Any) -> Iterabl
 
 
 def _inpaint(records: list[Record], overwrite: bool, settings: Any, out: Path, table: dict[str, str],
-             jobs: list, digests: Any, folder: str = "generated") -> Iterable[Outcome]:
+             jobs: list, digests: Any, donors: list[Record], folder: str = "generated") -> Iterable[Outcome]:
     from itertools import chain
 
     from dlcr_cli.stages.inpaint import make_painter, make_plan, run_inpaint
@@ -365,7 +391,7 @@ def _inpaint(records: list[Record], overwrite: bool, settings: Any, out: Path, t
     s = settings.inpaint
     planned, failed = make_plan(records, table, variants=s.variants, seed=s.seed, out=out / folder, fmt=s.format)
     jobs.extend(planned)
-    return chain(failed, run_inpaint(planned, make_painter(settings, records), fmt=s.format, overwrite=overwrite,
+    return chain(failed, run_inpaint(planned, make_painter(settings, donors), fmt=s.format, overwrite=overwrite,
                                      workers=s.workers, digests=digests))
 
 
