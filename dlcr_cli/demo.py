@@ -3,8 +3,9 @@ synthetic benchmark, offline and weight-free, measuring its central claim: train
 clothes-changed images improves clothes-changing re-identification.
 
 Per seed, `synth` draws a dataset (LTCC layout) whose identities live outside their clothes
-into DIR/seed-<s>/data; the experiment runs on it with the weight-free backends (parsing maps,
-colour names, vote, recolouring; K = 10 per training image, 4 per query) and builtin:small
+into DIR/seed-<s>/data (flat outfits, or realistic ones: --style); the experiment runs on it
+with the weight-free backends (parsing maps, colour names, vote, and recolouring or garment
+transfer: --backend; K = 10 per training image, 4 per query) and builtin:small
 trained three ways with that seed (baseline, +DLCR, +DLCR without progressive learning),
 each run's last epoch evaluated with the LTCC protocol, +DLCR refined. The schedule is the
 paper's, scaled to the demo's epochs: clothes losses from 25/60 of the run, lr steps at 20/60
@@ -42,7 +43,12 @@ def scaled(epochs: int, at: int, of: int = 60) -> int:
     return max(1, round(epochs * at / of))
 
 
-def demo_settings(size: DemoSize) -> Any:
+BACKENDS = ("recolor", "transfer")
+BACKEND = "recolor"
+"""The demo's stage-1 painter (README: `dlcr demo --seeds 0,1,2` measured with each)."""
+
+
+def demo_settings(size: DemoSize, backend: str = BACKEND) -> Any:
     """Every section the experiment reads, on the defaults (not the user's config: the demo's
     numbers must not depend on it): the weight-free backends of stage 1, the LIP label maps
     synth draws, K per training image and per query, and the scaled schedule of builtin:small
@@ -53,7 +59,7 @@ def demo_settings(size: DemoSize) -> Any:
     d, e = DEFAULTS, size.epochs
     sections = {name: getattr(d, name).model_copy(update=values) for name, values in WEIGHT_FREE.items()}
     sections["mask"] = sections["mask"].model_copy(update={"labels": "lip"})
-    sections["inpaint"] = sections["inpaint"].model_copy(update={"variants": size.variants})
+    sections["inpaint"] = sections["inpaint"].model_copy(update={"variants": size.variants, "backend": backend})
     sections["refine"] = d.refine.model_copy(update={"variants": size.query_variants})
     sections["evaluate"] = d.evaluate.model_copy(update={"workers": 2})
     sections["train"] = d.train.model_copy(update={
@@ -66,19 +72,43 @@ def demo_settings(size: DemoSize) -> Any:
     return d.model_copy(update=sections)
 
 
-def run_demo(out: Path, seeds: list[int], quick: bool, device: Any) -> tuple[dict[int, dict[str, Any]], Path]:
-    """Draw each seed's dataset (kept when drawn before), then the experiment on them all."""
+def run_demo(out: Path, seeds: list[int], quick: bool, device: Any, *, style: str = "flat",
+             backend: str = BACKEND) -> tuple[dict[int, dict[str, Any]], Path]:
+    """Draw each seed's dataset (kept when drawn before with the same parameters), then the
+    experiment on them all."""
     from dlcr_cli.experiment import Case, Plan, run_experiment
-    from dlcr_cli.synth import synthesize
 
     size = QUICK if quick else FULL
     cases = []
     for seed in seeds:
         folder = out / f"seed-{seed}"
-        if not (folder / "data" / "people.json").is_file():
-            log.info("demo: seed %d: drawing the dataset", seed)
-            synthesize(folder / "data", ids=size.ids, cameras=size.cameras, per=size.per, seed=seed)
+        draw_dataset(folder / "data", size, seed, style)
         cases.append(Case(seed, folder / "data", folder / "stage1", folder))
-    plan = Plan(demo_settings(size), f"dlcr demo: {size.ids} ids, {size.epochs} epochs", no_progressive=True,
-                retrain=True)  # the demo's folder is scratch: a run of an older dlcr is trained again
+    title = f"dlcr demo: {size.ids} ids ({style}), {size.epochs} epochs, {backend}"
+    plan = Plan(demo_settings(size, backend), title, no_progressive=True,
+                retrain=True)  # the demo's folder is scratch: a run of other settings is trained again
     return run_experiment(cases, plan, out / "report", device)
+
+
+DRAWN = "demo-draw.json"
+"""In a demo's data folder: the synth parameters it was drawn with."""
+
+
+def draw_dataset(data: Path, size: DemoSize, seed: int, style: str) -> None:
+    """`synth` into `data` unless it holds the dataset of these parameters already (a quick
+    demo's data, or another style's, is drawn again: the runs then train again)."""
+    import json
+
+    from dlcr_cli.synth import synthesize
+
+    drawn = {"ids": size.ids, "cameras": size.cameras, "per": size.per, "seed": seed, "style": style}
+    marker = data / DRAWN
+    try:
+        if json.loads(marker.read_text()) == drawn and (data / "people.json").is_file():
+            return
+    except (OSError, ValueError):
+        pass
+    log.info("demo: seed %d: drawing the dataset (%d ids, %s)", seed, size.ids, style)
+    marker.unlink(missing_ok=True)  # an interrupted draw leaves none
+    synthesize(data, ids=size.ids, cameras=size.cameras, per=size.per, seed=seed, style=style)
+    marker.write_text(json.dumps(drawn) + "\n")
