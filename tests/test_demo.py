@@ -94,3 +94,36 @@ def test_the_cmc_plot_of_several_seeds_is_their_mean():
     assert list(curves) == [LABELS[row] for row in ROWS]
     assert all(c.tolist() == pytest.approx([0.1, 1.1, 2.1]) for c in curves.values())
     assert cmc_title("cc", [0, 2]) == "CC CMC, mean of seeds 0, 2" and cmc_title("cc", [3]) == "CC CMC, seed 3"
+
+
+def test_a_seeds_data_is_drawn_again_only_when_drawn_otherwise(tmp_path):
+    """A full demo once reused a quick demo's smaller dataset in the same folder."""
+    from dlcr_cli.demo import DemoSize, draw_dataset
+
+    small, large = DemoSize(ids=4, epochs=1, cameras=2, per=1), DemoSize(ids=6, epochs=1, cameras=2, per=1)
+    data = tmp_path / "data"
+
+    def people() -> int:
+        return len(json.loads((data / "people.json").read_text()))
+
+    draw_dataset(data, small, 0, "flat")
+    before = (data / "people.json").stat().st_mtime_ns
+    draw_dataset(data, small, 0, "flat")
+    assert (data / "people.json").stat().st_mtime_ns == before and people() == 4  # kept
+    draw_dataset(data, large, 0, "flat")
+    assert people() == 6
+    draw_dataset(data, large, 0, "realistic")
+    assert (data / "cameras.json").is_file()  # the realistic style's white balance
+
+
+def test_the_demos_painter_is_its_stage_ones():
+    from dlcr_cli.demo import BACKEND, QUICK, demo_settings
+
+    assert demo_settings(QUICK).inpaint.backend == BACKEND
+    assert demo_settings(QUICK, "transfer").inpaint.backend == "transfer"
+
+
+def test_bad_style_and_backend(dlcr, tmp_path):
+    for option, value in (("--style", "glossy"), ("--backend", "diffusion")):
+        run = dlcr("demo", "--quick", "--out", tmp_path, option, value)
+        assert run.code == 2 and option in run.stderr
