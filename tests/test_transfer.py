@@ -238,3 +238,51 @@ def test_every_frame_of_a_tracklet_takes_its_outfit_from_one_target_image(tmp_pa
                        variants=1, seed=3, out=tmp_path, fmt="files")[0]
     assert len({painter.target_image("002_1", job.target_seed)[0] for job in images}) > 1  # images draw apart
     assert all(job.target_seed == job.seed for job in images)  # and as before the change, byte for byte
+
+
+def line_contrast(image: np.ndarray, region: np.ndarray, along_columns: bool) -> float:
+    """How much the mean luminance jumps from one row (column) of the region to the next:
+    high across stripes, near 0 on a plain garment with smooth shading."""
+    luma = image.astype(float) @ np.array([0.299, 0.587, 0.114])
+    if along_columns:
+        luma, region = luma.T, region.T
+    means = [luma[i][region[i]].mean() for i in range(len(luma)) if region[i].sum() >= 4]
+    return float(np.std(np.diff(means)))
+
+
+def test_on_synthetic_people_of_known_outfits_the_target_tops_pattern_is_carried(dlcr, tmp_path):
+    """Realistic synth (outfits.json knows every garment's texture): a variant painted for a
+    target whose top has horizontal stripes has a top striped across its rows, vertical stripes
+    across its columns, a plain target a plain top, whatever the source wore. Recolour, which
+    keeps the source's pattern, does not do this (the reason transfer exists)."""
+    from dlcr_cli.synth import synthesize
+
+    synthesize(tmp_path / "data", ids=8, cameras=3, per=1, seed=2, style="realistic")
+    outfits = json.loads((tmp_path / "data" / "outfits.json").read_text())
+
+    def top(clothes: str, garment: str = "upper") -> str | None:
+        pid, outfit = clothes.split("_")
+        worn = outfits[pid][outfit]["garments"][garment]
+        return worn and worn["texture"]["kind"]
+
+    def contrasts(backend: str) -> dict[str, list[tuple[float, float]]]:
+        run = dlcr("expand", tmp_path / "data", "--out", tmp_path / backend, "--weight-free", "--parsing-dir",
+                   tmp_path / "data" / "parsing", "-k", "3", "--set", f"inpaint.backend={backend}")
+        assert run.code == 0, run.stderr
+        by_texture: dict[str, list[tuple[float, float]]] = {}
+        for r in run.records:
+            region = np.asarray(Image.open(r["parsing"])) == UPPER  # the source's top, where the variant's is
+            if region.sum() < 150 or top(r["target_clothes"], "coat"):  # a target's open coat hides its top
+                continue
+            image = np.asarray(Image.open(r["image"]).convert("RGB"))
+            by_texture.setdefault(top(r["target_clothes"]), []).append(
+                (line_contrast(image, region, False), line_contrast(image, region, True)))
+        return by_texture
+
+    got = contrasts("transfer")
+    assert len(got["h-stripes"]) >= 5 and len(got["v-stripes"]) >= 5 and len(got["plain"]) >= 5
+    assert all(rows > 15 and rows > 2 * columns for rows, columns in got["h-stripes"])
+    assert all(columns > 15 and columns > 2 * rows for rows, columns in got["v-stripes"])
+    assert all(rows < 8 and columns < 8 for rows, columns in got["plain"])
+    recoloured = contrasts("recolor")
+    assert np.median([rows for rows, _ in recoloured["h-stripes"]]) < 8
