@@ -93,6 +93,13 @@ def test_safetensors_holds_the_same_arrays(dlcr, data, run, embedded, tmp_path):
     with safe_open(str(out), "np") as f:  # numbers as tensors, strings as JSON metadata
         assert "feats" in f.keys() and "paths" not in f.keys()
         assert json.loads(f.metadata()["dlcr"])["protocol"] == "ltcc"
+    scored = dlcr("evaluate", "--features", out, "--json")  # evaluate reads it as the .npz
+    assert scored.code == 0, scored.stderr
+    assert json.loads(scored.stdout) == json.loads(dlcr("evaluate", "--features", embedded[0], "--json").stdout)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    bad = dlcr("evaluate", "--features", broken)
+    assert bad.code == 65 and "broken.safetensors: not a readable .safetensors file" in one_error_line(bad.stderr)
 
 
 def test_jsonl_records_carry_unit_vectors_and_pipe_back_in(dlcr, data, run, embedded, tmp_path):

@@ -25,7 +25,7 @@ def evaluate(
     dataset: Annotated[Optional[str], typer.Argument(help=DATASET_HELP, metavar="DATASET", show_default=False)] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", "-c", help="A dlcr train run folder (its model.json and model.safetensors), or a hub id (owner/name, e.g. one `dlcr push` uploaded) fetched into huggingface_hub's cache.", metavar="RUN", show_default=False)] = None,
     revision: RevisionOpt = None,
-    features: Annotated[Optional[Path], typer.Option("--features", help="Evaluate a feature file (.npz: query_feats, gallery_feats, query_pids, gallery_pids, query_camids, gallery_camids, query_clothes, gallery_clothes) instead of a model.", dir_okay=False, show_default=False)] = None,
+    features: Annotated[Optional[Path], typer.Option("--features", help="Evaluate a feature file (.npz, or .safetensors from dlcr embed: query_feats, gallery_feats, query_pids, gallery_pids, query_camids, gallery_camids, query_clothes, gallery_clothes) instead of a model.", dir_okay=False, show_default=False)] = None,
     setting: Annotated[Optional[str], typer.Option("--setting", help="Settings to report, comma-separated (standard, cc, sc; PRCC: sc, cc), or all.  \\[default: all]", show_default=False)] = None,
     variant: Annotated[Optional[str], typer.Option("--variant", help="A dataset's alternative protocol: VC-Clothes sc (cameras 2 and 3) or cc (3 and 4), as CAL's vcclothes_sc / vcclothes_cc.", show_default=False)] = None,
     protocol: Annotated[Optional[str], typer.Option("--protocol", help="Records: evaluate with this dataset's protocol (prcc, ltcc, vcclothes, last, deepchange, ccvid, generic) instead of the one their dataset field names.", show_default=False)] = None,

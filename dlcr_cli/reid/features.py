@@ -123,16 +123,21 @@ def save_npz(arrays: dict[str, np.ndarray], path: Path) -> Path:
 
 
 def load_features(path: Path) -> FeatureSet:
-    """The feature file at `path`; a missing file is exit 66, anything malformed exit 65 with
+    """The feature file at `path` (.npz, or a .safetensors file of `dlcr embed`); a missing file is exit 66, anything malformed exit 65 with
     the file and the key at fault."""
     path = Path(path)
     if not path.is_file():
         raise InputMissing(f"feature file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise MalformedInput(f"{path}: not a readable .npz feature file ({_reason(err)})") from None
+    if path.suffix.lower() == ".safetensors":  # dlcr embed's other format
+        from dlcr_cli.reid.embed import load
+
+        arrays = load(path)
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise MalformedInput(f"{path}: not a readable .npz feature file ({_reason(err)})") from None
     missing = [key for key in REQUIRED if key not in arrays]
     if missing:
         raise MalformedInput(f"{path}: no {', '.join(missing)} (a feature file holds {', '.join(REQUIRED)})")
