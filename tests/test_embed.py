@@ -197,6 +197,32 @@ def test_parts_of_other_inputs_or_settings_are_not_reused(dlcr, data, run, monke
     assert (foreign / "mine.txt").read_text() == "keep"
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_a_finished_file_is_kept_while_what_made_it_is_unchanged(dlcr, data, run, monkeypatch, tmp_path, suffix):
+    out = tmp_path / f"f{suffix}"
+    listed = tmp_path / "records.jsonl"
+    from dlcr_cli.inputs import read_records
+    from dlcr_cli.records import record_json
+
+    records = list(read_records(str(data)))
+    listed.write_text("".join(record_json(r) + "\n" for r in records))
+    base = (*CPU, "embed", listed, "-c", run, "--out", out, "--chunk-size", "64")
+    assert dlcr(*base).code == 0
+    first = load(out)
+    calls = interrupted_after(monkeypatch, 1000)
+    again = dlcr(*base, "--batch-size", "7")  # a speed setting changes nothing
+    assert again.code == 0 and "is finished for this model" in again.stderr and not calls
+    assert not (tmp_path / f"f{suffix}.parts").exists()
+    assert all(np.array_equal(first[k], v) for k, v in load(out).items())
+    assert dlcr(*base, "--no-flip").code == 0 and len(calls) == 2  # other settings: embedded again
+    records[0] = records[0].model_copy(update={"pid": 999})  # a label only: no part holds it, the file does
+    listed.write_text("".join(record_json(r) + "\n" for r in records))
+    relabelled = dlcr(*base, "--no-flip")
+    assert relabelled.code == 0 and len(calls) == 4 and load(out)["pids"][0] == 999
+    out.write_bytes(b"broken")  # not a file of ours any more: made again, not an error
+    assert dlcr(*base, "--no-flip").code == 0 and len(calls) == 6
+
+
 def test_a_video_datasets_tracklets_evaluate_as_evaluate_does(dlcr, tmp_path):
     import torch
 

@@ -29,8 +29,9 @@ flip, clips, chunk size, protocol) and of the inputs (the ordered items and the 
 digest of each image, cached by size and modification time in FEATS.parts/, so a resumed
 run reads no image twice to check it). A restarted run reuses the parts when all three match;
 when any differs it says which and starts over (the old parts are deleted). Speed settings
-(batch size, workers) are in no fingerprint. The finished file is written atomically and the
-parts folder removed.
+(batch size, workers) are in no fingerprint. The finished file is written atomically with
+that key and a fingerprint of the records (`key`), and the parts folder removed; a rerun
+whose key and records match keeps the file without embedding anything.
 """
 
 from __future__ import annotations
@@ -118,9 +119,17 @@ def embed(source: str, checkpoint: str, s: Any, device: Any, *, out: Path | None
               for start in range(0, len(seg.items), chunk)]
     folder = parts_folder(out) if out is not None else None
     done: set[int] = set()
+    finished_key = None
     if folder is not None:
         _check_folder(folder)
-        done = _open_parts(folder, _key(m, s, segments, records, chunk, variant, protocol, folder))
+        key = _key(m, s, segments, records, chunk, variant, protocol, folder)
+        finished_key = _file_key(key, records)
+        kept = _finished(out, finished_key)
+        if kept is not None:
+            _remove_parts(folder)
+            log.info("embed: %s is finished for this model, these settings and inputs: kept", out)
+            return Embedded(records, kept["feats"], kept, len(chunks))
+        done = _open_parts(folder, key)
     images = sum(len(seg.items) for seg in segments if seg.kind == "images")
     tracklets = sum(len(seg.items) for seg in segments if seg.kind == "tracklets")
     if data is not None:
@@ -139,7 +148,7 @@ def embed(source: str, checkpoint: str, s: Any, device: Any, *, out: Path | None
     if data is not None:
         arrays.update(_eval_arrays(data, per_segment, eval_from))
     if out is not None:
-        write(arrays, out, kind)
+        write({**arrays, KEY_ARRAY: np.array(finished_key)}, out, kind)
         log.info("embed: %d features of %d dimensions written to %s%s", len(records), rows_feats.shape[1], out,
                  " (with the query and gallery arrays of dlcr evaluate --features)" if data is not None else "")
         if folder is not None:
@@ -260,6 +269,32 @@ def _key(m: Any, s: Any, segments: Sequence[Segment], records: Sequence[Record],
     inputs = fingerprint([seg.items for seg in segments], digests.many([r.image for r in records]))
     digests.save()
     return {"format": FORMAT, "version": VERSION, "model": model, "settings": settings, "inputs": inputs}
+
+
+KEY_ARRAY = "key"
+"""In a finished file: what made it (the parts' key and the records), so a rerun keeps it."""
+
+
+def _file_key(key: dict[str, Any], records: Sequence[Record]) -> str:
+    """The parts' key and the records themselves: their labels are in the file, not in any part."""
+    from dlcr_cli.fingerprint import fingerprint
+    from dlcr_cli.records import record_json
+
+    return json.dumps({**key, "records": fingerprint([record_json(r) for r in records])}, sort_keys=True)
+
+
+def _finished(out: Path, key: str) -> dict[str, np.ndarray] | None:
+    """The arrays of `out` when an earlier run of this key wrote it, else None."""
+    if not out.is_file():
+        return None
+    import zipfile
+
+    try:
+        arrays = load(out)
+    except (MalformedInput, OSError, ValueError, EOFError, zipfile.BadZipFile):  # not ours, or broken: made again
+        return None
+    stored = arrays.get(KEY_ARRAY)
+    return arrays if stored is not None and str(stored) == key else None
 
 
 def _part(folder: Path, k: int) -> Path:
