@@ -55,6 +55,7 @@ def test_a_ccvid_tree_trains_the_video_model_and_evaluates_tracklets(dlcr, synth
                "--eval-every", "1")
     assert run.code == 0, run.stderr
     assert "video model on clips of 8 frames at stride 4" in run.stderr
+    assert "clips/s" in run.stderr and "images/s" not in run.stderr  # a sample is a clip, not an image
     model = json.loads((tmp_path / "run" / "model.json").read_text())
     assert (model["head"], model["dim"], model["config"]["clip"]) == ("video", 256, [8, 4])  # max pool only: C
     settings = json.loads((tmp_path / "run" / "settings.json").read_text())["train"]

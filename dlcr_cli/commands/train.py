@@ -106,7 +106,7 @@ def train(
 
     train_run(data, s, out, device, variants, resume=resume, dataset=dataset, generated=generated)
     if current_shard().is_main:
-        _summary(out, as_json)
+        _summary(out, as_json, "clips" if s.video else "images")
 
 
 def _variants(generated: str | None, data) -> Any:
@@ -117,7 +117,7 @@ def _variants(generated: str | None, data) -> Any:
     return read_generated(generated, data.train)
 
 
-def _summary(out: Path, as_json: bool) -> None:
+def _summary(out: Path, as_json: bool, unit: str) -> None:
     from rich import box
     from rich.table import Table
 
@@ -130,7 +130,7 @@ def _summary(out: Path, as_json: bool) -> None:
         return
     last = rows[-1]
     table = Table(title=f"{out}: {last['epoch']} epochs", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("epoch", "loss", "accuracy", "lr", "images/s"):
+    for column in ("epoch", "loss", "accuracy", "lr", f"{unit}/s"):
         table.add_column(column, justify="right")
     for row in rows[-5:]:
         table.add_row(str(row["epoch"]), f"{row['loss']:.4f}", f"{row['accuracy']:.3f}", f"{row['lr']:.2e}",

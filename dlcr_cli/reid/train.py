@@ -286,6 +286,7 @@ class EpochStats:
     """Identity accuracy over the batch's real and generated images."""
     lr: float
     images: int
+    """Training samples seen: images, or clips for a video model (each clip one sample)."""
     images_per_s: float
     seconds: float
     generated: int
@@ -546,6 +547,7 @@ class Trainer:
         counts = {"batches": 0, "images": 0, "generated": 0}
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         clothes_on = s.loss == "cal" and epoch >= s.clothes_start
+        unit = "clips" if s.video else "images"  # a video batch holds clips, each one sample
         start = time.perf_counter()
         with progress(f"epoch {epoch + 1}/{epochs}", len(self.sampler), unit="batches") as bar:
             for batch in loader:
@@ -560,7 +562,7 @@ class Trainer:
                 if counts["batches"] % 20 == 0:  # reading the loss waits for the GPU: not every step
                     rate = counts["images"] / (time.perf_counter() - start)
                     bar.describe(f"epoch {epoch + 1}/{epochs} loss {float(sums['loss']) / counts['batches']:.3f} "
-                                 f"{rate:.0f} images/s")
+                                 f"{rate:.0f} {unit}/s")
         seconds = time.perf_counter() - start
         lr = self.opt.param_groups[0]["lr"]
         self.scheduler.step()
@@ -573,8 +575,8 @@ class Trainer:
             counts["images"] / seconds if seconds else 0.0, seconds, counts["generated"],
             self.trainset.visible_fraction(),
         )
-        log.info("epoch %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.1f images/s", epoch + 1, epochs, result.loss,
-                 result.accuracy, lr, result.images_per_s)
+        log.info("epoch %d/%d: loss %.4f, accuracy %.3f, lr %.2e, %.1f %s/s", epoch + 1, epochs, result.loss,
+                 result.accuracy, lr, result.images_per_s, unit)
         return result
 
     def _over_processes(self, sums: dict[str, torch.Tensor], correct: torch.Tensor, counts: dict[str, int]
