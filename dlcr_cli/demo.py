@@ -43,12 +43,7 @@ def scaled(epochs: int, at: int, of: int = 60) -> int:
     return max(1, round(epochs * at / of))
 
 
-BACKENDS = ("recolor", "transfer")
-BACKEND = "recolor"
-"""The demo's stage-1 painter (README: `dlcr demo --seeds 0,1,2` measured with each)."""
-
-
-def demo_settings(size: DemoSize, backend: str = BACKEND) -> Any:
+def demo_settings(size: DemoSize, backend: str | None = None) -> Any:
     """Every section the experiment reads, on the defaults (not the user's config: the demo's
     numbers must not depend on it): the weight-free backends of stage 1, the LIP label maps
     synth draws, K per training image and per query, and the scaled schedule of builtin:small
@@ -59,7 +54,8 @@ def demo_settings(size: DemoSize, backend: str = BACKEND) -> Any:
     d, e = DEFAULTS, size.epochs
     sections = {name: getattr(d, name).model_copy(update=values) for name, values in WEIGHT_FREE.items()}
     sections["mask"] = sections["mask"].model_copy(update={"labels": "lip"})
-    sections["inpaint"] = sections["inpaint"].model_copy(update={"variants": size.variants, "backend": backend})
+    sections["inpaint"] = sections["inpaint"].model_copy(update={"variants": size.variants,
+                                                                 "backend": backend or WEIGHT_FREE["inpaint"]["backend"]})
     sections["refine"] = d.refine.model_copy(update={"variants": size.query_variants})
     sections["evaluate"] = d.evaluate.model_copy(update={"workers": 2})
     sections["train"] = d.train.model_copy(update={
@@ -73,7 +69,7 @@ def demo_settings(size: DemoSize, backend: str = BACKEND) -> Any:
 
 
 def run_demo(out: Path, seeds: list[int], quick: bool, device: Any, *, style: str = "flat",
-             backend: str = BACKEND) -> tuple[dict[int, dict[str, Any]], Path]:
+             backend: str | None = None) -> tuple[dict[int, dict[str, Any]], Path]:
     """Draw each seed's dataset (kept when drawn before with the same parameters), then the
     experiment on them all."""
     from dlcr_cli.experiment import Case, Plan, run_experiment
@@ -84,8 +80,9 @@ def run_demo(out: Path, seeds: list[int], quick: bool, device: Any, *, style: st
         folder = out / f"seed-{seed}"
         draw_dataset(folder / "data", size, seed, style)
         cases.append(Case(seed, folder / "data", folder / "stage1", folder))
-    title = f"dlcr demo: {size.ids} ids ({style}), {size.epochs} epochs, {backend}"
-    plan = Plan(demo_settings(size, backend), title, no_progressive=True,
+    settings = demo_settings(size, backend)
+    title = f"dlcr demo: {size.ids} ids ({style}), {size.epochs} epochs, {settings.inpaint.backend}"
+    plan = Plan(settings, title, no_progressive=True,
                 retrain=True)  # the demo's folder is scratch: a run of other settings is trained again
     return run_experiment(cases, plan, out / "report", device)
 

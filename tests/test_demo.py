@@ -117,9 +117,10 @@ def test_a_seeds_data_is_drawn_again_only_when_drawn_otherwise(tmp_path):
 
 
 def test_the_demos_painter_is_its_stage_ones():
-    from dlcr_cli.demo import BACKEND, QUICK, demo_settings
+    from dlcr_cli.demo import QUICK, demo_settings
+    from dlcr_cli.stages.expand import WEIGHT_FREE
 
-    assert demo_settings(QUICK).inpaint.backend == BACKEND
+    assert demo_settings(QUICK).inpaint.backend == WEIGHT_FREE["inpaint"]["backend"]  # one default for both
     assert demo_settings(QUICK, "transfer").inpaint.backend == "transfer"
 
 

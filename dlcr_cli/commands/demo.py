@@ -29,7 +29,7 @@ def demo(
     seeds: Annotated[Optional[str], typer.Option(help="Several seeds, comma-separated (e.g. 0,1,2): the report gives the mean and the spread.", show_default=False)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A smaller dataset and fewer epochs (about 1 minute on 2 cores instead of about 4 minutes a seed).")] = False,
     style: Annotated[Style, typer.Option(help="The synthetic outfits: flat (named colours, plain or thinly striped) or realistic (continuous colours, textures, coats, per-camera white balance): `dlcr synth --style`.",)] = Style.flat,
-    backend: Annotated[Optional[Painter], typer.Option(help="Stage 1's weight-free painter: recolor (each garment to the target's colour) or transfer (the target's garments, textures included).  \\[default: the one the README's measurement chose]", show_default=False)] = None,
+    backend: Annotated[Optional[Painter], typer.Option(help="Stage 1's weight-free painter: recolor (each garment to the target's colour) or transfer (the target's garments, textures included).  \\[default: that of --weight-free elsewhere, chosen by the README's measurement]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"baseline": {...}, "dlcr": {...}, "dlcr_no_progressive": {...}, "dlcr_refined": {...}} on stdout, each the evaluate JSON plus train_seconds.')] = False,
 ) -> None:
     """Run the paper's experiment (`dlcr run`) offline on the embedded synthetic benchmark and
@@ -59,14 +59,14 @@ def demo(
     import sys
 
     from dlcr_cli.commands.run import parse_seeds
-    from dlcr_cli.demo import BACKEND, run_demo
+    from dlcr_cli.demo import run_demo
     from dlcr_cli.experiment import mean_results
     from dlcr_cli.runtime import resolve_device
 
     chosen = parse_seeds(seeds, seed)
     device = resolve_device(state(ctx).resolve().settings.device)
     per_seed, _ = run_demo(out, chosen, quick, device, style=style.value,
-                           backend=backend.value if backend else BACKEND)
+                           backend=backend.value if backend else None)
     if as_json:
         results = per_seed[chosen[0]]["results"] if len(chosen) == 1 else mean_results(per_seed)
         sys.stdout.write(json.dumps(results) + "\n")
