@@ -3,9 +3,9 @@ synthetic benchmark, offline and weight-free, measuring its central claim: train
 clothes-changed images improves clothes-changing re-identification.
 
 Per seed, `synth` draws a dataset (LTCC layout) whose identities live outside their clothes
-into DIR/seed-<s>/data (flat outfits, or realistic ones: --style); the experiment runs on it
-with the weight-free backends (parsing maps, colour names, vote, and recolouring or garment
-transfer: --backend; K = 10 per training image, 4 per query) and builtin:small
+into DIR/seed-<s>/data (realistic outfits, or flat ones: --style); the experiment runs on it
+with the weight-free backends (parsing maps, colour names, vote, and garment transfer or
+recolouring: --backend; K = 10 per training image, 4 per query) and builtin:small
 trained three ways with that seed (baseline, +DLCR, +DLCR without progressive learning),
 each run's last epoch evaluated with the LTCC protocol, +DLCR refined. The schedule is the
 paper's, scaled to the demo's epochs: clothes losses from 25/60 of the run, lr steps at 20/60
@@ -68,7 +68,7 @@ def demo_settings(size: DemoSize, backend: str | None = None) -> Any:
     return d.model_copy(update=sections)
 
 
-def run_demo(out: Path, seeds: list[int], quick: bool, device: Any, *, style: str = "flat",
+def run_demo(out: Path, seeds: list[int], quick: bool, device: Any, *, style: str = "realistic",
              backend: str | None = None) -> tuple[dict[int, dict[str, Any]], Path]:
     """Draw each seed's dataset (kept when drawn before with the same parameters), then the
     experiment on them all."""

@@ -148,20 +148,28 @@ def test_another_mask_policy_repaints_and_keeps_descriptions_and_prompts(dlcr, s
     assert same.stderr.count("finished in an earlier run") == 4, same.stderr  # speed settings redo nothing
 
 
-def test_a_changed_source_image_repaints_its_own_variants_only(dlcr, synth_data, tmp_path):
+@pytest.mark.parametrize("backend", ["recolor", "transfer"])
+def test_a_changed_source_image_repaints_its_own_variants_only(dlcr, synth_data, tmp_path, backend):
+    """With transfer, also the variants that took their garments from it (test_transfer.py)."""
+    import re
+
     import numpy as np
     from PIL import Image
 
     data = _copy(synth_data, tmp_path / "data")
-    first = weight_free(dlcr, data, tmp_path / "w")
+    first = weight_free(dlcr, data, tmp_path / "w", "--set", f"inpaint.backend={backend}")
     assert first.code == 0, first.stderr
     source = first.records[0]["source"]
+    own = [Path(r["image"]) for r in first.records if r["source"] == source]
+    before = {p: p.stat().st_mtime_ns for p in own}
     pixels = np.asarray(Image.open(source).convert("RGB")).copy()
     pixels[:4] = 255 - pixels[:4]
     Image.fromarray(pixels).save(source)
-    again = weight_free(dlcr, data, tmp_path / "w")
+    again = weight_free(dlcr, data, tmp_path / "w", "--set", f"inpaint.backend={backend}")
     assert again.code == 0, again.stderr
-    assert "inpaint: 3 done" in again.stderr, again.stderr  # K = 3 variants of that one image
+    done = int(re.search(r"inpaint: (\d+) done", again.stderr).group(1))
+    assert len(own) == 3 and all(p.stat().st_mtime_ns != before[p] for p in own)  # K = 3 variants of that image
+    assert done == 3 if backend == "recolor" else 3 <= done < len(first.records)
     assert [r["image"] for r in again.records] == [r["image"] for r in first.records]
 
 

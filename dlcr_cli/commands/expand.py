@@ -14,7 +14,7 @@ def expand(
     ctx: typer.Context,
     input: InputArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Work folder: masks/, parsing/, records/ (each stage's records), prompts.json, generated/, preview.png.", file_okay=False, show_default=False)],
-    weight_free: Annotated[bool, typer.Option("--weight-free", help="The weight-free backends of every stage: parsing maps, colours, vote, recolouring.")] = False,
+    weight_free: Annotated[bool, typer.Option("--weight-free", help="The weight-free backends of every stage: parsing maps, colours, vote, garment transfer.")] = False,
     parsing_dir: Annotated[Optional[Path], typer.Option(help="mask: folder of existing label maps (the parsing backend; --weight-free needs it).", file_okay=False, show_default=False)] = None,
     variants: Annotated[Optional[int], typer.Option("--variants", "-k", help="inpaint: target clothing ids per source image (setting inpaint.variants).", show_default=False)] = None,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSON {clothing id: prompt} to draw targets from; describe and summarize are then not needed and skipped.", dir_okay=False, show_default=False)] = None,

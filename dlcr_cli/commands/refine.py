@@ -21,7 +21,7 @@ def refine(
     generate: Annotated[bool, typer.Option("--generate", help="Make the variants here: stage 1 (mask, describe, summarize, inpaint) on the queries, with the stage settings and the shared model cache.")] = False,
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="--generate: draw target clothes from this {clothing id: prompt} JSON (the training set's, from dlcr expand or summarize) instead of describing the queries.", dir_okay=False, show_default=False)] = None,
     work: Annotated[Optional[Path], typer.Option("--work", help="--generate: folder for the variants and their stage records (resumable).  \\[default: RUN/query-variants; a hub id: ./query-variants-OWNER--NAME]", file_okay=False, show_default=False)] = None,
-    weight_free: Annotated[bool, typer.Option("--weight-free", help="--generate with the weight-free backends (parsing maps, colours, vote, recolouring).")] = False,
+    weight_free: Annotated[bool, typer.Option("--weight-free", help="--generate with the weight-free backends (parsing maps, colours, vote, garment transfer).")] = False,
     parsing_dir: Annotated[Optional[Path], typer.Option(help="--generate: existing label maps for the mask stage (the parsing backend).", file_okay=False, show_default=False)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="--generate: any stage setting, SECTION.KEY=VALUE, repeatable.", show_default=False)] = None,
     k: Annotated[Optional[int], typer.Option("--k", "-k", help="Variants per query used.", show_default=False)] = None,

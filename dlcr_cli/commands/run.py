@@ -16,7 +16,7 @@ def run(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(help="A dataset root (PRCC, LTCC, VC-Clothes, LaST, DeepChange, CCVID: layout detected), a folder `dlcr synth` drew, or a JSONL file of records with splits train, query and gallery.", metavar="DATASET", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder: stage1/ (train/, query/, their records), seed-S/ (baseline/, dlcr/, ... runs; retrieval.png), report/.", file_okay=False, show_default=False)],
-    weight_free: Annotated[bool, typer.Option("--weight-free", help="The weight-free backends of stage 1 (parsing maps, colours, vote, recolouring) and the builtin:small model, unless set otherwise.")] = False,
+    weight_free: Annotated[bool, typer.Option("--weight-free", help="The weight-free backends of stage 1 (parsing maps, colours, vote, garment transfer) and the builtin:small model, unless set otherwise.")] = False,
     parsing_dir: Annotated[Optional[Path], typer.Option(help="mask: the label maps of the parsing backend.  \\[default with --weight-free: DATASET/parsing]", file_okay=False, show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the training runs (init, batches, augmentation, variant draws).")] = 0,
     seeds: Annotated[Optional[str], typer.Option(help=SEEDS_HELP + " Stage 1 is shared.", show_default=False)] = None,

@@ -185,7 +185,7 @@ def _input_hashes(records: list[Record], reads: Callable[[Record], list[str]], d
 
 
 WEIGHT_FREE = {"mask": {"backend": "parsing"}, "describe": {"backend": "colors"},
-               "summarize": {"backend": "vote"}, "inpaint": {"backend": "recolor"}}
+               "summarize": {"backend": "vote"}, "inpaint": {"backend": "transfer"}}
 """The weight-free backend of every stage (mask also needs a parsing_dir)."""
 
 
