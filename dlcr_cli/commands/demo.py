@@ -27,7 +27,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Work folder: seed-S/ per seed (data/, stage1/, the runs) and report/.", file_okay=False)] = Path("dlcr-demo"),
     seed: Annotated[int, typer.Option(help="Seed of the dataset and of the training.")] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Several seeds, comma-separated (e.g. 0,1,2): the report gives the mean and the spread.", show_default=False)] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A smaller dataset and fewer epochs (about 1 minute on 2 cores instead of about 4 minutes a seed).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller dataset and fewer epochs (about 2 minutes on 2 cores instead of about 7 minutes a seed).")] = False,
     style: Annotated[Style, typer.Option(help="The synthetic outfits: flat (named colours, plain or thinly striped) or realistic (continuous colours, textures, coats, per-camera white balance): `dlcr synth --style`.",)] = Style.realistic,
     backend: Annotated[Optional[Painter], typer.Option(help="Stage 1's weight-free painter: recolor (each garment to the target's colour) or transfer (the target's garments, textures included).  \\[default: that of --weight-free elsewhere, chosen by the README's measurement]", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"baseline": {...}, "dlcr": {...}, "dlcr_no_progressive": {...}, "dlcr_refined": {...}} on stdout, each the evaluate JSON plus train_seconds.')] = False,
